@@ -1,0 +1,432 @@
+"""The planner: places every service's replicas on physical devices and accounts memory per device.
+
+Pure: cluster + catalog + strategy in, Plan out; no I/O. The formulas are in memory.py and README.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import memory as mem
+from .catalog import DTYPE_BYTES, Catalog, Model
+from .errors import Finding
+from .inventory import HOST_LABEL, Cluster, Node
+from .selectors import SelectorError, matches, parse_selector
+from .strategy import Service, Strategy
+
+EPSILON_MIB = 1e-6
+
+
+@dataclass
+class Allocation:
+    service: str
+    replica: int
+    mib: float
+    parts: dict
+    share: float | None = None  # gpu_memory_utilization of a vLLM instance
+    label: str = ""  # how the figure was computed, for messages
+
+
+@dataclass
+class Device:
+    host: str
+    index: int
+    kind: str  # gpu | cpu
+    memory_mib: int
+    allocations: list = field(default_factory=list)
+    used_mib: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.index}" if self.kind == "gpu" else f"{self.host}:cpu"
+
+    @property
+    def free_mib(self) -> float:
+        return self.memory_mib - self.used_mib
+
+    def add(self, allocation: Allocation) -> None:
+        self.allocations.append(allocation)
+        self.used_mib += allocation.mib
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What one vLLM instance takes on one device of a given size."""
+    budget: float  # gpu_memory_utilization x total
+    weights: float
+    activations: float
+    overhead: float  # non-torch buffers + CUDA graphs, inside the budget
+    kv: float  # what is left for the KV cache (may be negative)
+    context: float  # CUDA context, outside the budget
+
+    @property
+    def need(self) -> float:
+        return self.budget + self.context
+
+    def parts(self) -> dict:
+        return {"weights": round(self.weights), "activations": round(self.activations),
+                "overhead": round(self.overhead), "kv_cache": max(0, round(self.kv)),
+                "cuda_context": round(self.context)}
+
+
+@dataclass
+class ServicePlan:
+    service: Service
+    model: Model | None
+    blocked: bool = False  # a finding made it unplaceable
+    label_selector: dict = field(default_factory=dict)
+    terms: tuple = ()
+    tp: int = 1
+    util: float = mem.VLLM_DEFAULT_UTILIZATION
+    max_model_len: int = 0
+    kv_cache_tokens: int | None = None
+    placements: list = field(default_factory=list)  # (replica, host, [device indices])
+    eligible: list = field(default_factory=list)
+    ollama_listen: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+@dataclass
+class Plan:
+    strategy: Strategy
+    cluster: Cluster
+    services: list
+    devices: list
+    errors: list
+    warnings: list
+
+    @property
+    def feasible(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        from .report import plan_to_dict
+        return plan_to_dict(self)
+
+
+class _Planner:
+    def __init__(self, cluster: Cluster, catalog: Catalog, strategy: Strategy):
+        self.cluster, self.catalog, self.strategy = cluster, catalog, strategy
+        self.vllm = catalog.engines.get("vllm", {})
+        self.ollama = catalog.engines.get("ollama", {})
+        self.errors: list[Finding] = []
+        self.warnings: list[Finding] = []
+        self.devices: dict[str, list[Device]] = {}
+        for node in cluster.nodes:
+            if node.gpu_count:
+                self.devices[node.host] = [Device(node.host, i, "gpu", node.gpu_memory_mib) for i in range(node.gpu_count)]
+            elif node.cpu_memory_mib:
+                self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib)]
+            else:
+                self.devices[node.host] = []
+        self._instances: dict = {}
+
+    def error(self, code, message, fix="", service=None, gpu=None, field=None):
+        self.errors.append(Finding(code, message, fix, service, gpu, field))
+
+    def warn(self, code, message, fix="", service=None, gpu=None, field=None):
+        self.warnings.append(Finding(code, message, fix, service, gpu, field))
+
+    # ---- per-service checks -------------------------------------------------
+    def resolve(self, service: Service) -> ServicePlan:
+        sp = ServicePlan(service, self.catalog.get(service.model))
+        where = f"services[{service.name}]"
+        if sp.model is None:
+            close = [k for k in self.catalog.models if service.model.split("/")[-1].lower() in k.lower()]
+            self.error("unknown_model", f"model {service.model!r} is not in the catalog",
+                       f"use one of: {', '.join(close or sorted(self.catalog.models))}, or add it with --catalog FILE",
+                       service.name, field=f"{where}.model")
+            sp.blocked = True
+            return sp
+        wanted = "hf" if service.engine == "vllm" else "gguf"
+        if sp.model.format != wanted:
+            other = sp.model.base if sp.model.base else next(
+                (k for k, m in self.catalog.models.items() if m.base == sp.model.key), None)
+            self.error("invalid_field",
+                       f"{service.model} is a{'n Ollama (GGUF)' if sp.model.format == 'gguf' else ' Hugging Face'} "
+                       f"build; engine {service.engine} cannot load it",
+                       f"use {other!r} with this engine" if other else f"pick a {wanted} catalog entry",
+                       service.name, field=f"{where}.model")
+            sp.blocked = True
+            return sp
+        if service.engine == "ollama":
+            return sp
+        args = service.engine_args
+        sp.tp = args.get("tensor_parallel_size", 1)
+        sp.util = args.get("gpu_memory_utilization", mem.VLLM_DEFAULT_UTILIZATION)
+        sp.max_model_len = args.get("max_model_len", sp.model.max_context)
+        problem = mem.tp_problem(sp.model, sp.tp)
+        if problem:
+            sizes = ", ".join(map(str, mem.valid_tp_sizes(sp.model, 8)))
+            self.error("tp_not_divisor", f"{problem} of {sp.model.key}; vLLM refuses to start",
+                       f"use a tensor_parallel_size that divides both: {sizes}",
+                       service.name, field=f"{where}.engine_args.tensor_parallel_size")
+            sp.blocked = True
+        if sp.max_model_len > sp.model.max_context:
+            self.error("invalid_field", f"max_model_len {sp.max_model_len} exceeds the model's context of "
+                       f"{sp.model.max_context} tokens", f"set max_model_len <= {sp.model.max_context}",
+                       service.name, field=f"{where}.engine_args.max_model_len")
+            sp.blocked = True
+        dtype = args.get("dtype", "bfloat16")
+        if dtype not in DTYPE_BYTES and dtype != "auto":
+            self.error("invalid_field", f"dtype {dtype!r} is not one the planner can size",
+                       f"use one of: auto, {', '.join(DTYPE_BYTES)}", service.name, field=f"{where}.engine_args.dtype")
+            sp.blocked = True
+        selector = dict(service.label_selector)
+        if service.host:
+            if selector.get(HOST_LABEL, service.host) != service.host:
+                self.error("invalid_field", f"placement.host {service.host} contradicts label_selector "
+                           f"{HOST_LABEL}: {selector[HOST_LABEL]}", "keep one of them", service.name,
+                           field=f"{where}.placement.host")
+                sp.blocked = True
+            selector[HOST_LABEL] = service.host
+        sp.label_selector = selector
+        try:
+            sp.terms = parse_selector(selector)
+        except SelectorError as exc:
+            self.error("selector_syntax", str(exc), "fix the selector (Ray label-selector syntax)",
+                       service.name, field=f"{where}.placement.label_selector")
+            sp.blocked = True
+        if selector.get("ray.io/accelerator-type") == "A10G" or "A10G" in str(selector):
+            self.warn("accelerator_alias", "selects A10G, which on-prem A10 nodes never advertise "
+                      "(Ray Serve LLM rewrites accelerator_type A10 to A10G)",
+                      "select on ray.io/accelerator-type: A10", service.name, field=f"{where}.placement.label_selector")
+        return sp
+
+    def _dtype_bytes(self, service: Service) -> tuple[str, int, int]:
+        dtype = service.engine_args.get("dtype", "bfloat16")
+        dtype = "bfloat16" if dtype == "auto" else dtype
+        kv = service.engine_args.get("kv_cache_dtype", "auto")
+        return dtype, DTYPE_BYTES[dtype], 1 if kv.startswith("fp8") else DTYPE_BYTES[dtype]
+
+    def instance(self, sp: ServicePlan, device: Device) -> Instance:
+        key = (sp.name, device.kind, device.memory_mib)
+        if key not in self._instances:
+            args, model = sp.service.engine_args, sp.model
+            dtype, dbytes, _ = self._dtype_bytes(sp.service)
+            gpu = device.kind == "gpu"
+            batched = args.get("max_num_batched_tokens", self.vllm.get("max_num_batched_tokens", 2048))
+            seqs = args.get("max_num_seqs", self.vllm.get("max_num_seqs", 256))
+            budget = sp.util * device.memory_mib
+            weights = mem.weights_mib(model, dtype, sp.tp)
+            acts = mem.activation_mib(model, sp.tp, dbytes, batched, seqs)
+            overhead = (self.vllm.get("non_torch_mib", 0) if gpu else 0) + (
+                self.vllm.get("cudagraph_mib", 0) if gpu and not args.get("enforce_eager", False) else 0)
+            context = self.vllm.get("cuda_context_mib", 0) if gpu else 0
+            self._instances[key] = Instance(budget, weights, acts, overhead,
+                                            budget - weights - acts - overhead, context)
+        return self._instances[key]
+
+    # ---- eligibility and capacity -------------------------------------------
+    def eligible_nodes(self, sp: ServicePlan) -> tuple[list[Node], list[Node]]:
+        """(nodes the selector matches, those of them with devices for one replica)."""
+        matched = [n for n in self.cluster.nodes if matches(sp.terms, n.match_labels)]
+        usable = [n for n in matched if (n.gpu_count >= sp.tp) if n.gpu_count] + [
+            n for n in matched if not n.gpu_count and n.cpu_memory_mib and sp.tp == 1]
+        order = {n.host: i for i, n in enumerate(self.cluster.nodes)}
+        return matched, sorted(usable, key=lambda n: order[n.host])
+
+    def alone_capacity(self, sp: ServicePlan, node: Node) -> int:
+        """Replicas of this service an empty node could hold."""
+        devices = self.devices[node.host]
+        if not devices:
+            return 0
+        need = self.instance(sp, devices[0]).need
+        per_device = int((devices[0].memory_mib + EPSILON_MIB) // need) if need > 0 else 0
+        return len(devices) * per_device // sp.tp
+
+    def try_place(self, sp: ServicePlan, node: Node, replica: int, force: bool = False) -> bool:
+        devices = self.devices[node.host]
+        need = self.instance(sp, devices[0]).need
+        chosen = [d for d in devices if d.free_mib + EPSILON_MIB >= need][:sp.tp]
+        if len(chosen) < sp.tp:
+            if not force:
+                return False
+            chosen = sorted(sorted(devices, key=lambda d: -d.free_mib)[:sp.tp], key=lambda d: d.index)
+        self.allocate(sp, node, replica, chosen)
+        return True
+
+    def allocate(self, sp: ServicePlan, node: Node, replica: int, chosen: list[Device]) -> None:
+        for device in chosen:
+            inst = self.instance(sp, device)
+            label = (f"{sp.util:.2f} x {device.memory_mib} = {inst.budget:.0f}"
+                     + (f" + {inst.context:.0f} CUDA context" if inst.context else ""))
+            device.add(Allocation(sp.name, replica, inst.need, inst.parts(), sp.util, label))
+        sp.placements.append((replica, node.host, [d.index for d in chosen]))
+
+    # ---- placement ------------------------------------------------------------
+    def place_ollama(self, sp: ServicePlan) -> None:
+        service, where = sp.service, f"services[{sp.name}].placement"
+        node = self.cluster.node(service.host)
+        if node is None:
+            self.error("selector_matches_nothing", f"host {service.host!r} is not in the inventory",
+                       f"use one of: {', '.join(n.host for n in self.cluster.nodes)}", sp.name, field=f"{where}.host")
+            sp.blocked = True
+            return
+        bad = [g for g in service.gpus if not 0 <= g < node.gpu_count]
+        if bad:
+            self.error("gpu_index_out_of_range", f"GPU index {bad[0]} does not exist on {node.host}, which has "
+                       f"{node.gpu_count} GPU(s) (indices 0-{node.gpu_count - 1})" if node.gpu_count else
+                       f"GPU index {bad[0]} does not exist on {node.host}, which has no GPU",
+                       f"use indices 0..{max(node.gpu_count - 1, 0)}", sp.name, gpu=f"{node.host}:{bad[0]}",
+                       field=f"{where}.gpus")
+            sp.blocked = True
+            return
+        arch = self.catalog.architecture(sp.model)
+        args, consts = service.engine_args, self.ollama
+        kv_bytes = {"q8_0": 1, "q4_0": 1}.get(args.get("kv_cache_type", "f16"), 2)
+        weights, kv = mem.ollama_mib(arch, sp.model.size_bytes, args.get("context_length", consts.get("context_length", 4096)),
+                                     args.get("num_parallel", consts.get("num_parallel", 1)), kv_bytes)
+        count = len(service.gpus)
+        graph, context = consts.get("graph_overhead_mib", 0), consts.get("cuda_context_mib", 0)
+        for index in service.gpus:
+            device = self.devices[node.host][index]
+            parts = {"weights": round(weights / count), "kv_cache": round(kv / count),
+                     "overhead": round(graph), "cuda_context": round(context)}
+            total = (weights + kv) / count + graph + context
+            device.add(Allocation(sp.name, 0, total, parts, None,
+                                  f"Ollama estimate {total:.0f} (weights {weights / count:.0f} + KV {kv / count:.0f} "
+                                  f"+ graph {graph:.0f} + CUDA context {context:.0f})"))
+        sp.placements.append((0, node.host, list(service.gpus)))
+
+    def place_required(self, sp: ServicePlan) -> None:
+        where = f"services[{sp.name}]"
+        matched, usable = self.eligible_nodes(sp)
+        sp.eligible = usable
+        wanted = sp.service.replicas.min
+        if not matched:
+            self.error("selector_matches_nothing", f"label selector {sp.label_selector} matches no node of "
+                       f"{self.cluster.source}", "check the labels (`gpufleet plan --format json` lists every "
+                       "node's labels) and the selector syntax", sp.name, field=f"{where}.placement.label_selector")
+            sp.blocked = True
+            return
+        if not usable:
+            most = max(n.gpu_count for n in matched)
+            self.error("replicas_exceed_capacity", f"one replica needs {sp.tp} GPU(s) on one node; the {len(matched)} "
+                       f"matching node(s) have at most {most}", "lower tensor_parallel_size or select bigger nodes",
+                       sp.name, field=f"{where}.engine_args.tensor_parallel_size")
+            sp.blocked = True
+            return
+        capacity = sum(self.alone_capacity(sp, n) for n in usable)
+        if wanted > capacity:
+            gpus = sum(n.gpu_count for n in usable)
+            self.error("replicas_exceed_capacity",
+                       f"needs {wanted} replica(s) of {sp.tp} device(s) each; the {len(usable)} eligible node(s) "
+                       f"({gpus} GPUs) hold at most {capacity} even with nothing else on them",
+                       f"lower replicas to {capacity} or widen the label selector", sp.name, field=f"{where}.replicas")
+            wanted = capacity
+        replica = 0
+        for node in usable:
+            while replica < wanted and self.try_place(sp, node, replica):
+                replica += 1
+        while replica < wanted:  # co-located by the strategy: place anyway, the device check reports it
+            best = max(usable, key=lambda n: (self.alone_capacity(sp, n) > 0,
+                                              sum(sorted((d.free_mib for d in self.devices[n.host]), reverse=True)[:sp.tp])))
+            self.try_place(sp, best, replica, force=True)
+            replica += 1
+
+    def place_extra(self, sp: ServicePlan) -> None:
+        replicas = sp.service.replicas
+        replica = len(sp.placements)
+        for node in sp.eligible:
+            while replica < replicas.max and self.try_place(sp, node, replica):
+                replica += 1
+            if replica >= replicas.max:
+                break
+        if replicas.autoscaling and replica < replicas.max:
+            self.warn("max_replicas_clamped",
+                      f"max_replicas {replicas.max} cannot be reached: the eligible nodes have room for {replica} "
+                      f"replica(s) of {sp.tp} device(s) beside the other services; planned max_replicas = {replica}",
+                      f"set replicas.max to {replica} to make this explicit", sp.name,
+                      field=f"services[{sp.name}].replicas.max")
+
+    # ---- verdicts after placement ----------------------------------------------
+    def check_instances(self, sp: ServicePlan) -> None:
+        if not sp.placements:
+            return
+        _, host, indices = sp.placements[0]
+        device = self.devices[host][indices[0]]
+        inst = self.instance(sp, device)
+        _, dbytes, kv_bytes = self._dtype_bytes(sp.service)
+        where, gpu = f"services[{sp.name}].engine_args", device.name
+        block = self.vllm.get("block_size", 16)
+        batched = sp.service.engine_args.get("max_num_batched_tokens", self.vllm.get("max_num_batched_tokens", 2048))
+        fixed = inst.weights + inst.activations + inst.overhead
+        if inst.weights > inst.budget or (sp.model.runner != "generate" and inst.kv < 0):
+            least_util = (fixed + 1) / device.memory_mib
+            fits = [tp for tp in mem.valid_tp_sizes(sp.model, 8) if
+                    mem.weights_mib(sp.model, self._dtype_bytes(sp.service)[0], tp) < inst.budget]
+            self.error("weights_do_not_fit",
+                       f"weights need {inst.weights:.0f} MiB per device ({sp.model.key} / TP {sp.tp}) "
+                       f"but gpu_memory_utilization {sp.util:.2f} x {device.memory_mib} MiB gives {inst.budget:.0f} MiB",
+                       (f"raise gpu_memory_utilization to at least {mem.ceil_share(least_util):.2f}"
+                        if least_util <= 0.99 else
+                        f"use tensor_parallel_size {fits[0]}" if fits else "use bigger devices or a quantised build"),
+                       sp.name, gpu, f"{where}.gpu_memory_utilization")
+            return
+        sp.kv_cache_tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block)
+        if sp.model.runner != "generate":
+            return
+        need = mem.one_sequence_mib(sp.model, sp.max_model_len, sp.tp, kv_bytes, block, batched)
+        if inst.kv < need:
+            longest = mem.longest_sequence(sp.model, max(inst.kv, 0), sp.tp, kv_bytes, block, batched)
+            self.error("kv_cache_too_small",
+                       f"one {sp.max_model_len}-token sequence needs {need:.0f} MiB of KV cache per device; "
+                       f"{inst.budget:.0f} budget - {inst.weights:.0f} weights - {inst.activations:.0f} activations - "
+                       f"{inst.overhead:.0f} overhead leaves {inst.kv:.0f} MiB" if inst.kv > 0 else
+                       f"no memory is left for the KV cache: {inst.budget:.0f} budget - {inst.weights:.0f} weights - "
+                       f"{inst.activations:.0f} activations - {inst.overhead:.0f} overhead = {inst.kv:.0f} MiB "
+                       f"(vLLM: \"No available memory for the cache blocks\")",
+                       f"lower max_model_len to {longest} or raise gpu_memory_utilization" if longest else
+                       "raise gpu_memory_utilization or tensor_parallel_size", sp.name, gpu, f"{where}.max_model_len")
+
+    def check_devices(self) -> None:
+        for devices in self.devices.values():
+            for device in devices:
+                if device.used_mib <= device.memory_mib + EPSILON_MIB:
+                    continue
+                shares = [a.share for a in device.allocations if a.share is not None]
+                detail = "; ".join(f"{a.service}#{a.replica}: {a.label}" for a in device.allocations)
+                head = (f"gpu_memory_utilization sums to {sum(shares):.2f} of the device, " if len(shares) > 1 else "")
+                self.error("utilization_overcommit",
+                           f"{head}{len(device.allocations)} instance(s) need {device.used_mib:.0f} MiB on a "
+                           f"{device.memory_mib} MiB device ({detail})",
+                           "lower gpu_memory_utilization so the shares plus each CUDA context stay under the device, "
+                           "or move a service to other GPUs" + (
+                               " (Ollama would silently offload layers to the CPU)"
+                               if any(a.share is None for a in device.allocations) else ""),
+                           ", ".join(sorted({a.service for a in device.allocations})), device.name,
+                           "engine_args.gpu_memory_utilization")
+
+    def run(self) -> Plan:
+        plans = [self.resolve(s) for s in self.strategy.services]
+        names: dict[str, set] = {}
+        for sp in plans:
+            names.setdefault(sp.service.model_name, set()).add(sp.service.model)
+        for model_name, models in names.items():
+            if len(models) > 1:
+                self.error("invalid_field", f"route model_name {model_name!r} is shared by different models "
+                           f"({', '.join(sorted(models))}); shared names load-balance between identical models only",
+                           "give each model its own route.model_name", field="services[*].route.model_name")
+        for sp in plans:
+            if sp.service.engine == "ollama" and not sp.blocked:
+                self.place_ollama(sp)
+        vllm = [sp for sp in plans if sp.service.engine == "vllm" and not sp.blocked]
+        order = sorted(vllm, key=lambda sp: len(self.eligible_nodes(sp)[1]))  # most constrained first
+        for sp in order:
+            self.place_required(sp)
+        for sp in vllm:
+            if not sp.blocked:
+                self.place_extra(sp)
+        for sp in vllm:
+            if not sp.blocked:
+                self.check_instances(sp)
+        self.check_devices()
+        devices = [d for host in self.devices.values() for d in host]
+        return Plan(self.strategy, self.cluster, plans, devices, self.errors, self.warnings)
+
+
+def plan(cluster: Cluster, catalog: Catalog, strategy: Strategy) -> Plan:
+    return _Planner(cluster, catalog, strategy).run()
