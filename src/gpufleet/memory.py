@@ -51,28 +51,42 @@ def activation_mib(model: Model, tp: int, dtype_bytes: int, batched_tokens: int,
     return (batched_tokens * per_token + logits) / MIB
 
 
-def kv_layout(model: Model) -> tuple[int, int]:
-    """(layers per KV block, block groups) of vLLM's KV-cache manager.
+def kv_layout(model: Model) -> tuple[int, int, int]:
+    """(layers per KV block, full-attention groups, sliding-window groups) of vLLM's KV-cache manager.
 
-    Uniform attention: one group of all layers. Hybrid (sliding + full, as Gemma 3): vLLM
-    groups layers of one type into groups of `group_size` layers (the smaller type's
-    count, or the larger's when within 25%), each group sharing the same block tensors."""
+    Uniform attention: one group of all layers. Hybrid (sliding + full, as Gemma 3):
+    vLLM 0.32 (v1/core/kv_cache_utils.py) splits each attention type into groups of
+    `group_size` layers, the smaller type's count, or the larger's when it is under
+    1.5x the smaller; the groups share one pool of blocks of group_size pages."""
     full, sliding = model.full_layers, model.sliding_layers
     if not sliding or not full:
-        return model.layers, 1
+        return model.layers, (0 if not full else 1), (1 if not full else 0)
     small, large = min(full, sliding), max(full, sliding)
-    group = large if large < small * 1.25 else small
-    return group, cdiv(full, group) + cdiv(sliding, group)
+    group = large if large < small * 1.5 else small
+    return group, cdiv(full, group), cdiv(sliding, group)
 
 
-def kv_cache_tokens(model: Model, kv_mib: float, tp: int, dtype_bytes: int, block_size: int) -> int:
-    """Tokens vLLM reports as its KV-cache size ("GPU KV cache size: N tokens")."""
+def blocks_per_sequence(model: Model, max_model_len: int, block_size: int, batched_tokens: int) -> tuple[int, int]:
+    """(blocks a full-attention layer, blocks a sliding-window layer) needs for one sequence."""
+    full = cdiv(max_model_len, block_size)
+    if not model.sliding_layers:
+        return full, 0
+    window = min(model.sliding_window - 1 + batched_tokens, max_model_len)
+    return full, cdiv(window, block_size) + 1
+
+
+def kv_cache_tokens(model: Model, kv_mib: float, tp: int, dtype_bytes: int, block_size: int,
+                    max_model_len: int, batched_tokens: int) -> int:
+    """Tokens vLLM reports as its KV-cache size ("GPU KV cache size: N tokens"): the
+    concurrency the block pool allows for max_model_len sequences, times max_model_len."""
     if model.runner != "generate" or kv_mib <= 0:
         return 0
-    layers_per_block, groups = kv_layout(model)
+    layers_per_block, full_groups, sliding_groups = kv_layout(model)
     page = block_size * kv_bytes_per_token_layer(model, tp, dtype_bytes)
-    blocks = int(kv_mib * MIB) // (page * layers_per_block)
-    return blocks // groups * block_size
+    blocks = int(kv_mib * MIB) // (page * layers_per_block) - 1  # one null block is held back
+    full_blocks, sliding_blocks = blocks_per_sequence(model, max_model_len, block_size, batched_tokens)
+    per_sequence = full_groups * full_blocks + sliding_groups * sliding_blocks
+    return max(0, int(blocks / per_sequence * max_model_len))
 
 
 def one_sequence_mib(model: Model, max_model_len: int, tp: int, dtype_bytes: int, block_size: int,
@@ -82,12 +96,8 @@ def one_sequence_mib(model: Model, max_model_len: int, tp: int, dtype_bytes: int
     if model.runner != "generate":
         return 0.0
     page = block_size * kv_bytes_per_token_layer(model, tp, dtype_bytes)
-    full_pages = cdiv(max_model_len, block_size)
-    total = model.full_layers * full_pages * page
-    if model.sliding_layers:
-        window = min(model.sliding_window - 1 + batched_tokens, max_model_len)
-        total += model.sliding_layers * (cdiv(window, block_size) + 1) * page
-    return total / MIB
+    full_blocks, sliding_blocks = blocks_per_sequence(model, max_model_len, block_size, batched_tokens)
+    return (model.full_layers * full_blocks + model.sliding_layers * sliding_blocks) * page / MIB
 
 
 def longest_sequence(model: Model, kv_mib: float, tp: int, dtype_bytes: int, block_size: int,

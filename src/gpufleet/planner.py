@@ -366,7 +366,7 @@ class _Planner:
                         f"use tensor_parallel_size {fits[0]}" if fits else "use bigger devices or a quantised build"),
                        sp.name, gpu, f"{where}.gpu_memory_utilization")
             return
-        sp.kv_cache_tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block)
+        sp.kv_cache_tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block, sp.max_model_len, batched)
         if sp.model.runner != "generate":
             return
         need = mem.one_sequence_mib(sp.model, sp.max_model_len, sp.tp, kv_bytes, block, batched)
