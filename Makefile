@@ -1,0 +1,45 @@
+# Two entry points: `make demo` (the sandbox cluster serving real models) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export GPUFLEET_CACHE ?= $(HOME)/.cache/gpufleet
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: venv sandbox-host sandbox-assets sandbox-up sandbox-down demo test unit lint molecule
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+sandbox-host:            ## podman, runc, debootstrap and podman's runtime settings (root)
+	bash sandbox/install-host.sh
+
+sandbox-assets: venv sandbox-host   ## node image, wheelhouse and models, all cached
+	bash sandbox/build-image.sh
+	bash sandbox/wheelhouse.sh
+	$(BIN)/python sandbox/models.py
+
+sandbox-up: sandbox-assets
+	$(BIN)/ansible-playbook playbooks/sandbox_up.yml
+
+sandbox-down: venv
+	$(BIN)/ansible-playbook playbooks/sandbox_down.yml
+
+demo: sandbox-up
+	$(BIN)/gpufleet apply -i inventory/sandbox -s sandbox --yes
+	$(BIN)/python -m gpufleet.smoke -i inventory/sandbox
+
+unit: venv
+	$(BIN)/pytest -q -m "not sandbox"
+
+lint: venv
+	$(BIN)/ansible-lint
+
+molecule: sandbox-assets
+	$(BIN)/molecule test --all
+
+test: unit lint molecule
