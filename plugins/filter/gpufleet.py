@@ -1,0 +1,126 @@
+# Formatting filters between the plan (docs/CONTRACTS.md) and the roles' templates, so that
+# templates hold no logic. Placement and memory decisions stay in the gpufleet planner.
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+
+try:
+    from gpufleet import serve_config as _serve_config
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    from gpufleet import serve_config as _serve_config
+
+NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory_mib")
+
+
+def ray_labels(labels: dict) -> str:
+    """Node labels as `ray start --labels` takes them: k=v,k=v (sorted, so the unit is stable)."""
+    for key, value in labels.items():
+        for part in (str(key), str(value)):
+            if any(c in part for c in ",= \t\n"):
+                raise AnsibleFilterError(f"label {key}={value} holds a separator; labels are [A-Za-z0-9_./-]")
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def serve_config(plan: dict, options: dict | None = None) -> dict:
+    """Serve declarative config for the plan (gpufleet.serve_config.build_serve_config)."""
+    try:
+        return _serve_config.build_serve_config(plan, options)
+    except _serve_config.ServeConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def nvidia_smi_gpus(text: str) -> list:
+    """Rows of `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits`."""
+    gpus = []
+    for line in str(text).splitlines():
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != len(NVIDIA_SMI_FIELDS):
+            raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}")
+        try:
+            gpus.append({"index": int(cells[0]), "uuid": cells[1], "name": cells[2], "memory_mib": int(float(cells[3]))})
+        except ValueError:
+            raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}") from None
+    return gpus
+
+
+def ollama_units(plan: dict, host: str, gpus: list | None = None, unit_prefix: str = "gpufleet-ollama-") -> list:
+    """The plan's Ollama services that run on `host`, one systemd unit each.
+
+    CUDA_VISIBLE_DEVICES lists GPU UUIDs when preflight read them (`gpus`, as nvidia_smi_gpus
+    returns), otherwise the planned indices.
+    """
+    uuid_by_index = {g["index"]: g["uuid"] for g in gpus or []}
+    units = []
+    for service in plan.get("services") or []:
+        ollama = service.get("ollama")
+        if service.get("engine") != "ollama" or not ollama or ollama.get("host") != host:
+            continue
+        indices = list(ollama.get("gpus") or [])
+        missing = [i for i in indices if uuid_by_index and i not in uuid_by_index]
+        if missing:
+            raise AnsibleFilterError(f"service {service['name']}: GPU {missing} planned on {host} "
+                                     f"but nvidia-smi lists {sorted(uuid_by_index)}")
+        devices = [uuid_by_index.get(i, str(i)) for i in indices]
+        listen = ollama.get("listen") or "127.0.0.1:11434"
+        environment = {"OLLAMA_HOST": listen, "CUDA_VISIBLE_DEVICES": ",".join(devices) if devices else "-1"}
+        if ollama.get("spread"):
+            environment["OLLAMA_SCHED_SPREAD"] = "1"
+        units.append({
+            "service": service["name"],
+            "unit": f"{unit_prefix}{service['name']}.service",
+            "tag": ollama["tag"],
+            "listen": listen,
+            "environment": environment,
+        })
+    return units
+
+
+def serve_health(status_text: str, expected_apps: list) -> dict:
+    """Verdict on `serve status` output: ready (every expected application RUNNING, every
+    deployment HEALTHY, no other application left), failed (an application or deployment in a
+    terminal failure state) and Serve's own messages for the report."""
+    import yaml
+
+    status = yaml.safe_load(status_text or "") or {}
+    if not isinstance(status, dict):
+        status = {}
+    apps = status.get("applications") or {}
+    messages, ready, failed = [], True, False
+    for name in sorted(set(apps) | set(expected_apps)):
+        app = apps.get(name)
+        if app is None:
+            ready = False
+            messages.append(f"application {name}: not deployed yet")
+            continue
+        app_status = app.get("status")
+        if name not in expected_apps or app_status != "RUNNING":
+            ready = False
+        if app_status == "DEPLOY_FAILED":
+            failed = True
+        if app.get("message") or app_status != "RUNNING":
+            messages.append(f"application {name}: {app_status}: {app.get('message') or ''}".rstrip(": "))
+        for dep_name, dep in sorted((app.get("deployments") or {}).items()):
+            dep_status = dep.get("status")
+            if dep_status != "HEALTHY":
+                ready = False
+                messages.append(f"deployment {name}/{dep_name}: {dep_status}: {dep.get('message') or ''}".rstrip(": "))
+            if dep_status == "DEPLOY_FAILED":
+                failed = True
+    return {"ready": ready, "failed": failed, "messages": messages}
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "gpufleet_ray_labels": ray_labels,
+            "gpufleet_serve_config": serve_config,
+            "gpufleet_nvidia_smi_gpus": nvidia_smi_gpus,
+            "gpufleet_ollama_units": ollama_units,
+            "gpufleet_serve_health": serve_health,
+        }
