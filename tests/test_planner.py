@@ -1,0 +1,548 @@
+"""Verdicts of every shipped strategy, checked against hand computations.
+
+Every expected number below is computed in this file from the catalog's figures
+(src/gpufleet/catalog.yml) and the formulas documented with the planner:
+
+  per-GPU budget      = gpu_memory_utilization x total MiB
+  planned per GPU     = budget + CUDA context (512 MiB, outside the budget)
+  weights per GPU     = weights bytes / TP / 2**20
+  activations         = (max_num_batched_tokens x (4 x hidden + 2 x intermediate / TP) x dtype bytes
+                         + max_num_seqs x vocab x 4) / 2**20
+  KV cache            = budget - weights - activations - non-torch (256) [- CUDA graphs (512) unless eager]
+  KV per token/layer  = 2 x max(1, kv_heads // TP) x head_dim x dtype bytes
+  KV tokens (vLLM's "GPU KV cache size"): blocks = KV bytes // (16 x per-layer x layers per group),
+                        then blocks // groups x 16
+  Ollama per GPU      = (GGUF bytes + f16 KV of every layer x context) / 2**20 / GPUs + 457 + 512
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from gpufleet.catalog import load_catalog
+from gpufleet.cli import main
+from gpufleet.inventory import cluster_from_hostvars
+from gpufleet.planner import plan
+from gpufleet.strategy import load_strategy, parse_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCTION = str(ROOT / "inventory" / "production")
+WORKSTATION = str(ROOT / "inventory" / "workstation")
+STRATEGIES = str(ROOT / "strategies")
+
+# ---- figures from catalog.yml (engines and models), written out by hand ----------------
+MIB = 2**20
+A10 = 23028          # MiB, nvidia-smi's memory.total of an A10 (inventory/production)
+RTX3090 = 24576      # MiB (inventory/workstation)
+CTX = 512            # engines.vllm.cuda_context_mib, per process, outside the budget
+NON_TORCH = 256      # engines.vllm.non_torch_mib, inside the budget
+CUDAGRAPH = 512      # engines.vllm.cudagraph_mib, only without enforce_eager
+BLOCK = 16           # engines.vllm.block_size
+MNBT = 2048          # engines.vllm.max_num_batched_tokens
+SEQS = 256           # engines.vllm.max_num_seqs
+
+# google/medgemma-27b-it at TP 4, bf16
+W27_TP4 = 54.9e9 / 4 / MIB                                          # 13089.3 MiB
+ACT27_TP4 = (MNBT * (4 * 5376 + 2 * 21504 / 4) * 2 + SEQS * 262208 * 4) / MIB   # 382.0 MiB
+KV27_TOKEN_LAYER = 2 * max(1, 16 // 4) * 128 * 2                     # 2048 bytes
+# Gemma 3 hybrid layout: 10 global + 52 local layers -> groups of 10 layers,
+# cdiv(10, 10) + cdiv(52, 10) = 1 + 6 = 7 groups sharing one block pool.
+GEMMA27_GROUP, GEMMA27_GROUPS = 10, 7
+
+# google/medgemma-4b-it at TP 4, bf16
+W4_TP4 = 8.6e9 / 4 / MIB                                            # 2050.3 MiB
+ACT4_TP4 = (MNBT * (4 * 2560 + 2 * 10240 / 4) * 2 + SEQS * 262208 * 4) / MIB    # 316.0 MiB
+
+
+def gemma27_kv_tokens(kv_mib: float) -> int:
+    blocks = int(kv_mib * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP)
+    return blocks // GEMMA27_GROUPS * BLOCK
+
+
+def bundle(fraction: float) -> float:
+    """A Ray logical GPU amount: rounded up to a hundredth."""
+    return math.ceil(round(fraction * 100, 6)) / 100
+
+
+# ---- running the CLI ----------------------------------------------------------------------
+_RUNS: dict = {}
+
+
+def run_plan(strategy: str, inventory: str = PRODUCTION) -> tuple[int, dict]:
+    """`gpufleet plan --format json` (cached: the result is read, never modified)."""
+    key = (strategy, inventory)
+    if key not in _RUNS:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(["plan", "-i", inventory, "-s", strategy, "--strategies-dir", STRATEGIES, "--format", "json"])
+        assert out.getvalue(), err.getvalue()
+        _RUNS[key] = rc, json.loads(out.getvalue())
+    return _RUNS[key]
+
+
+def service(data: dict, name: str) -> dict:
+    return next(s for s in data["services"] if s["name"] == name)
+
+
+def gpu(data: dict, host: str, index: int) -> dict:
+    return next(g for g in data["gpus"] if g["host"] == host and g["index"] == index)
+
+
+def allocation(g: dict, name: str) -> dict:
+    return next(a for a in g["allocations"] if a["service"] == name)
+
+
+def codes(findings: list) -> list:
+    return sorted(f["code"] for f in findings)
+
+
+def hosts_of(s: dict) -> list:
+    return [p["host"] for p in s["placements"]]
+
+
+WORKERS = [f"node-{i}" for i in range(1, 16)]
+ALL_NODES = ["node-0"] + WORKERS
+
+
+# ---- split-tp3 ----------------------------------------------------------------------------
+def test_split_tp3_refuses_tp3_naming_the_32_attention_heads():
+    rc, data = run_plan("split-tp3")
+    assert rc == 3
+    assert not data["feasible"]
+    tp = [e for e in data["errors"] if e["code"] == "tp_not_divisor"]
+    assert len(tp) == 1
+    assert tp[0]["service"] == "medgemma-27b-node0"
+    assert "32 attention heads" in tp[0]["message"]
+    assert "32 % 3 = 2" in tp[0]["message"]
+    assert tp[0]["field"] == "services[medgemma-27b-node0].engine_args.tensor_parallel_size"
+    # valid sizes for 32 Q / 16 KV heads, up to 8
+    assert tp[0]["fix"].endswith("1, 2, 4, 8")
+
+
+def test_split_tp3_also_refuses_the_gguf_build_under_vllm_and_plans_nothing_on_node0():
+    rc, data = run_plan("split-tp3")
+    assert codes(data["errors"]) == ["invalid_field", "tp_not_divisor"]
+    gguf = next(e for e in data["errors"] if e["code"] == "invalid_field")
+    assert gguf["service"] == "medgemma-4b-node0"
+    assert gguf["field"] == "services[medgemma-4b-node0].model"
+    assert "google/medgemma-4b-it" in gguf["fix"]
+    for index in range(4):
+        assert gpu(data, "node-0", index)["planned_mib"] == 0
+    assert service(data, "medgemma-27b-node0")["max_replicas"] == 0
+    assert service(data, "medgemma-27b")["max_replicas"] == 15
+
+
+# ---- baseline -------------------------------------------------------------------------------
+def test_baseline_fits_with_16_replicas_one_per_node():
+    rc, data = run_plan("baseline")
+    assert rc == 0 and data["feasible"]
+    assert data["errors"] == [] and data["warnings"] == []
+    s = service(data, "medgemma-27b")
+    assert s["max_replicas"] == 16
+    assert s["replicas"] == {"min": 2, "max": 16, "initial": 2, "target_ongoing_requests": 5.0,
+                             "autoscaling": True}
+    assert hosts_of(s) == ALL_NODES
+    assert all(p["devices"] == [0, 1, 2, 3] for p in s["placements"])
+
+
+def test_baseline_per_gpu_split_by_hand():
+    _, data = run_plan("baseline")
+    budget = 0.95 * A10                                   # 21876.6
+    kv = budget - W27_TP4 - ACT27_TP4 - NON_TORCH         # enforce_eager: no CUDA graphs
+    assert round(budget) == 21877
+    assert round(W27_TP4) == 13089
+    assert len(data["gpus"]) == 64
+    for g in data["gpus"]:
+        assert g["memory_mib"] == A10
+        assert g["planned_mib"] == round(budget + CTX) == 22389
+        (a,) = g["allocations"]
+        assert a["mib"] == 22389
+        assert a["parts"] == {"weights": round(W27_TP4), "activations": round(ACT27_TP4),
+                              "overhead": NON_TORCH, "kv_cache": round(kv), "cuda_context": CTX}
+        assert a["parts"]["kv_cache"] == 8149
+
+
+def test_baseline_exclusive_gpus_get_whole_ray_bundles():
+    _, data = run_plan("baseline")
+    ray = service(data, "medgemma-27b")["ray"]
+    assert ray == {"bundles": [{"GPU": 1.0}] * 4, "bundle_label_selector": [{}] * 4,
+                   "placement_strategy": "STRICT_PACK"}
+
+
+# ---- dedicated-node0 ----------------------------------------------------------------------------
+def test_dedicated_node0_clamps_the_autoscaled_service_to_15():
+    rc, data = run_plan("dedicated-node0")
+    assert rc == 0 and data["feasible"]
+    s = service(data, "medgemma-27b")
+    assert s["max_replicas"] == 15
+    assert s["replicas"]["max"] == 15
+    assert hosts_of(s) == WORKERS
+    (warning,) = data["warnings"]
+    assert warning["code"] == "max_replicas_clamped"
+    assert warning["service"] == "medgemma-27b"
+    assert warning["field"] == "services[medgemma-27b].replicas.max"
+    assert "max_replicas 16" in warning["message"] and "planned max_replicas = 15" in warning["message"]
+    fixed = service(data, "medgemma-27b-node0")
+    assert fixed["max_replicas"] == 1 and hosts_of(fixed) == ["node-0"]
+    for g in data["gpus"]:
+        assert g["planned_mib"] == round(0.95 * A10 + CTX) == 22389
+        assert len(g["allocations"]) == 1
+    assert fixed["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
+    assert s["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": "!node-0"}] * 4
+    assert s["ray"]["bundles"] == fixed["ray"]["bundles"] == [{"GPU": 1.0}] * 4
+
+
+# ---- colocate-4b-util090 ------------------------------------------------------------------------
+def test_colocate_util090_overcommits_every_node0_gpu():
+    rc, data = run_plan("colocate-4b-util090")
+    assert rc == 3 and not data["feasible"]
+    need = (0.90 * A10 + CTX) + (0.10 * A10 + CTX)     # the shares sum to 1.00, plus two contexts
+    assert round(need) == 24052
+    over = [e for e in data["errors"] if e["code"] == "utilization_overcommit"]
+    assert sorted(e["gpu"] for e in over) == [f"node-0:{i}" for i in range(4)]
+    for e in over:
+        assert "24052 MiB on a 23028 MiB device" in e["message"]
+        assert "sums to 1.00" in e["message"]
+        assert e["service"] == "medgemma-27b-node0, medgemma-4b-node0"
+    for index in range(4):
+        g = gpu(data, "node-0", index)
+        assert g["planned_mib"] == 24052
+        assert allocation(g, "medgemma-27b-node0")["mib"] == round(0.90 * A10 + CTX) == 21237
+        assert allocation(g, "medgemma-4b-node0")["mib"] == round(0.10 * A10 + CTX) == 2815
+    for host in WORKERS:
+        assert gpu(data, host, 0)["planned_mib"] == 22389
+
+
+def test_colocate_util090_4b_has_no_room_for_kv_cache():
+    _, data = run_plan("colocate-4b-util090")
+    kv = 0.10 * A10 - W4_TP4 - ACT4_TP4 - NON_TORCH      # 2302.8 - 2050.3 - 316.0 - 256
+    assert round(kv) == -320
+    (small,) = [e for e in data["errors"] if e["code"] == "kv_cache_too_small"]
+    assert small["service"] == "medgemma-4b-node0"
+    assert small["gpu"] == "node-0:0"
+    assert small["field"] == "services[medgemma-4b-node0].engine_args.max_model_len"
+    assert f"= {kv:.0f} MiB" in small["message"]
+    assert f"{0.10 * A10:.0f} budget - {W4_TP4:.0f} weights" in small["message"]
+    assert codes(data["errors"]) == ["kv_cache_too_small"] + ["utilization_overcommit"] * 4
+    assert service(data, "medgemma-4b-node0")["kv_cache_tokens"] == 0
+    assert service(data, "medgemma-27b")["max_replicas"] == 15
+
+
+def test_colocate_util090_shared_gpus_get_fractional_bundles():
+    _, data = run_plan("colocate-4b-util090")
+    big, small = service(data, "medgemma-27b-node0")["ray"], service(data, "medgemma-4b-node0")["ray"]
+    assert big["bundles"] == [{"GPU": bundle((0.90 * A10 + CTX) / A10)}] * 4 == [{"GPU": 0.93}] * 4
+    assert small["bundles"] == [{"GPU": bundle((0.10 * A10 + CTX) / A10)}] * 4 == [{"GPU": 0.13}] * 4
+    assert big["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
+    assert big["placement_strategy"] == small["placement_strategy"] == "STRICT_PACK"
+
+
+# ---- colocate-4b-util093 ------------------------------------------------------------------------
+def test_colocate_util093_weights_of_the_4b_do_not_fit_its_budget():
+    rc, data = run_plan("colocate-4b-util093")
+    assert rc == 3
+    assert round(W4_TP4) == 2050 and round(0.07 * A10) == 1612
+    (wdf,) = [e for e in data["errors"] if e["code"] == "weights_do_not_fit"]
+    assert wdf["service"] == "medgemma-4b-node0" and wdf["gpu"] == "node-0:0"
+    assert wdf["field"] == "services[medgemma-4b-node0].engine_args.gpu_memory_utilization"
+    assert "weights need 2050 MiB per device" in wdf["message"]
+    assert "gives 1612 MiB" in wdf["message"]
+    # smallest utilization that holds weights + activations + non-torch: ceil to 0.01
+    assert wdf["fix"] == f"raise gpu_memory_utilization to at least {bundle((W4_TP4 + ACT4_TP4 + NON_TORCH + 1) / A10):.2f}"
+    assert service(data, "medgemma-4b-node0")["kv_cache_tokens"] is None
+
+
+def test_colocate_util093_overcommits_every_node0_gpu():
+    _, data = run_plan("colocate-4b-util093")
+    need = (0.93 * A10 + CTX) + (0.07 * A10 + CTX)
+    assert round(need) == 24052
+    assert codes(data["errors"]) == ["utilization_overcommit"] * 4 + ["weights_do_not_fit"]
+    for index in range(4):
+        g = gpu(data, "node-0", index)
+        assert g["planned_mib"] == 24052
+        assert allocation(g, "medgemma-27b-node0")["mib"] == round(0.93 * A10 + CTX) == 21928
+        assert allocation(g, "medgemma-4b-node0")["mib"] == round(0.07 * A10 + CTX) == 2124
+
+
+# ---- ollama-sidecar ---------------------------------------------------------------------------------
+# medgemma-4b-it:q8: GGUF 5.0e9 bytes; its base (Gemma 3 4B) has 34 layers, 4 KV heads of 256;
+# Ollama's f16 KV counts every layer over 4096 tokens (OLLAMA_CONTEXT_LENGTH under 24 GiB), 1 slot.
+OLLAMA4_WEIGHTS = 5.0e9 / MIB                                   # 4768.4 MiB
+OLLAMA4_KV = 34 * (2 * 4 * 256 * 2) * 4096 * 1 / MIB            # 544.0 MiB
+OLLAMA_GRAPH, OLLAMA_CTX = 457, 512
+
+
+def test_ollama_sidecar_overcommits_gpu3_only_with_the_ollama_estimate_by_hand():
+    rc, data = run_plan("ollama-sidecar")
+    assert rc == 3
+    estimate = OLLAMA4_WEIGHTS + OLLAMA4_KV + OLLAMA_GRAPH + OLLAMA_CTX
+    assert round(OLLAMA4_KV) == 544 and round(estimate) == 6281
+    vllm = 0.85 * A10 + CTX
+    (over,) = data["errors"]
+    assert over["code"] == "utilization_overcommit"
+    assert over["gpu"] == "node-0:3"
+    assert f"need {vllm + estimate:.0f} MiB on a 23028 MiB device" in over["message"]
+    assert round(vllm + estimate) == 26367
+    assert "Ollama estimate 6281" in over["message"]
+    assert "Ollama would silently offload" in over["fix"]
+    g3 = gpu(data, "node-0", 3)
+    assert g3["planned_mib"] == 26367
+    a = allocation(g3, "medgemma-4b-ollama")
+    assert a["mib"] == 6281
+    assert a["parts"] == {"weights": round(OLLAMA4_WEIGHTS), "kv_cache": 544, "overhead": 457, "cuda_context": 512}
+    for index in range(3):
+        g = gpu(data, "node-0", index)
+        assert g["planned_mib"] == round(vllm) == 20086
+        assert [x["service"] for x in g["allocations"]] == ["medgemma-27b-node0"]
+
+
+def test_ollama_sidecar_service_shapes():
+    _, data = run_plan("ollama-sidecar")
+    o = service(data, "medgemma-4b-ollama")
+    assert o["engine"] == "ollama"
+    assert o["kv_cache_tokens"] is None and o["ray"] is None
+    assert o["ollama"] == {"host": "node-0", "gpus": [3], "tag": "medgemma-4b-it:q8",
+                           "listen": "127.0.0.1:11434", "spread": False}
+
+
+# ---- ollama-sidecar-spread --------------------------------------------------------------------------
+def test_ollama_sidecar_spread_fits_per_gpu_by_hand():
+    rc, data = run_plan("ollama-sidecar-spread")
+    assert rc == 0 and data["feasible"] and data["errors"] == []
+    per_gpu_ollama = (OLLAMA4_WEIGHTS + OLLAMA4_KV) / 4 + OLLAMA_GRAPH + OLLAMA_CTX   # 2297.1
+    vllm = 0.85 * A10 + CTX                                                           # 20085.8
+    assert round(per_gpu_ollama) == 2297
+    for index in range(4):
+        g = gpu(data, "node-0", index)
+        assert g["planned_mib"] == round(per_gpu_ollama + vllm) == 22383
+        assert g["planned_mib"] <= A10
+        o = allocation(g, "medgemma-4b-ollama")
+        assert o["mib"] == 2297
+        assert o["parts"] == {"weights": round(OLLAMA4_WEIGHTS / 4), "kv_cache": round(OLLAMA4_KV / 4),
+                              "overhead": 457, "cuda_context": 512}
+        assert allocation(g, "medgemma-27b-node0")["mib"] == round(vllm)
+    o = service(data, "medgemma-4b-ollama")
+    assert o["ollama"]["gpus"] == [0, 1, 2, 3] and o["ollama"]["spread"] is True
+
+
+def test_ollama_sidecar_spread_27b_bundles_are_fractional():
+    _, data = run_plan("ollama-sidecar-spread")
+    ray = service(data, "medgemma-27b-node0")["ray"]
+    share = bundle((0.85 * A10 + CTX) / A10)            # 0.8722 -> 0.88
+    assert share == 0.88
+    assert ray["bundles"] == [{"GPU": share}] * 4
+    assert ray["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
+    assert ray["placement_strategy"] == "STRICT_PACK"
+    autoscaled = service(data, "medgemma-27b")["ray"]
+    assert autoscaled["bundles"] == [{"GPU": 1.0}] * 4
+    assert autoscaled["bundle_label_selector"] == [{"gpufleet.io/host": "!node-0"}] * 4
+
+
+# ---- cxr-worker -------------------------------------------------------------------------------------
+def test_cxr_worker_places_cxr_on_the_labelled_worker():
+    rc, data = run_plan("cxr-worker")
+    assert rc == 0 and data["feasible"]
+    node1 = next(n for n in data["nodes"] if n["host"] == "node-1")
+    assert node1["labels"]["gpufleet.io/pool"] == "cxr"
+    assert all("gpufleet.io/pool" not in n["labels"] for n in data["nodes"] if n["host"] != "node-1")
+    cxr = service(data, "nv-reason-cxr")
+    assert cxr["placements"] == [{"replica": 0, "host": "node-1", "devices": [0, 1]}]
+    assert cxr["ray"] == {"bundles": [{"GPU": 1.0}] * 2,
+                          "bundle_label_selector": [{"gpufleet.io/pool": "cxr"}] * 2,
+                          "placement_strategy": "STRICT_PACK"}
+    big = service(data, "medgemma-27b")
+    assert big["max_replicas"] == 15
+    assert "node-1" not in hosts_of(big) and len(set(hosts_of(big))) == 15
+    (warning,) = data["warnings"]
+    assert warning["code"] == "max_replicas_clamped" and warning["service"] == "medgemma-27b"
+
+
+def test_cxr_worker_memory_by_hand():
+    _, data = run_plan("cxr-worker")
+    # NV-Reason-CXR-3B at TP 2: 7.5e9 bytes; hidden 2048, intermediate 11008, vocab 151936;
+    # 36 layers, 2 KV heads of 128 -> max(1, 2 // 2) = 1 head per GPU.
+    weights = 7.5e9 / 2 / MIB
+    act = (MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 + SEQS * 151936 * 4) / MIB
+    budget = 0.45 * A10
+    kv = budget - weights - act - NON_TORCH
+    for index in (0, 1):
+        g = gpu(data, "node-1", index)
+        assert g["planned_mib"] == round(budget + CTX) == 10875
+        assert allocation(g, "nv-reason-cxr")["parts"] == {
+            "weights": round(weights), "activations": round(act), "overhead": NON_TORCH,
+            "kv_cache": round(kv), "cuda_context": CTX}
+    for index in (2, 3):
+        assert gpu(data, "node-1", index)["planned_mib"] == 0
+
+
+# ---- per-gpu-servers on the workstation ------------------------------------------------------------
+def test_per_gpu_servers_14b_weights_do_not_fit_one_3090():
+    rc, data = run_plan("per-gpu-servers", WORKSTATION)
+    assert rc == 3
+    weights = 29.6e9 / MIB                  # Qwen3-14B bf16, TP 1
+    budget = 0.90 * RTX3090
+    assert round(weights) == 28229 and round(budget) == 22118
+    (e,) = data["errors"]
+    assert e["code"] == "weights_do_not_fit"
+    assert e["service"] == "vllm-architect"
+    assert f"weights need {weights:.0f} MiB per device" in e["message"]
+    assert f"0.90 x 24576 MiB gives {budget:.0f} MiB" in e["message"]
+    assert e["fix"] == "use tensor_parallel_size 2"
+    assert service(data, "vllm-architect")["kv_cache_tokens"] is None
+
+
+def test_per_gpu_servers_one_server_per_gpu_by_hand():
+    _, data = run_plan("per-gpu-servers", WORKSTATION)
+    placed = {s["name"]: s["placements"] for s in data["services"]}
+    assert placed == {
+        "vllm-dev": [{"replica": 0, "host": "workstation", "devices": [0]}],
+        "vllm-qa": [{"replica": 0, "host": "workstation", "devices": [1]}],
+        "vllm-architect": [{"replica": 0, "host": "workstation", "devices": [2]}],
+        "vllm-data": [{"replica": 0, "host": "workstation", "devices": [3]}],
+    }
+    budget = 0.90 * RTX3090
+    for g in data["gpus"]:
+        assert g["planned_mib"] == round(budget + CTX) == 22630
+    # Qwen3-0.6B, TP 1, not eager: non-torch 256 + CUDA graphs 512
+    weights = 1.2e9 / MIB
+    act = (MNBT * (4 * 1024 + 2 * 3072) * 2 + SEQS * 151936 * 4) / MIB
+    kv = budget - weights - act - NON_TORCH - CUDAGRAPH
+    for name in ("vllm-dev", "vllm-qa", "vllm-data"):
+        assert service(data, name)["engine_args"]["max_model_len"] == 40960   # the model's context by default
+        assert allocation(gpu(data, "workstation", 0 if name == "vllm-dev" else 1 if name == "vllm-qa" else 3),
+                          name)["parts"]["kv_cache"] == round(kv)
+    assert allocation(gpu(data, "workstation", 0), "vllm-dev")["parts"]["overhead"] == NON_TORCH + CUDAGRAPH
+
+
+# ---- sandbox and sandbox-swapped, on an in-memory CPU cluster ----------------------------------------
+SANDBOX_CPU_MIB = 8192
+
+
+def sandbox_cluster():
+    groups = {"ray_head": ["sandbox-head"], "ray_workers": ["sandbox-worker-1", "sandbox-worker-2"]}
+    hostvars = {
+        "sandbox-head": {"gpufleet_gpus": {"count": 0}, "gpufleet_node_ip": "10.89.0.10"},
+        "sandbox-worker-1": {"gpufleet_gpus": {"count": 0}, "gpufleet_cpus": 4,
+                             "gpufleet_cpu_memory_mib": SANDBOX_CPU_MIB, "gpufleet_node_ip": "10.89.0.11"},
+        "sandbox-worker-2": {"gpufleet_gpus": {"count": 0}, "gpufleet_cpus": 4,
+                             "gpufleet_cpu_memory_mib": SANDBOX_CPU_MIB, "gpufleet_node_ip": "10.89.0.12"},
+    }
+    return cluster_from_hostvars(groups, hostvars, "sandbox-in-memory")
+
+
+@pytest.mark.parametrize("strategy, chat_host, embed_host", [
+    ("sandbox", "sandbox-worker-1", "sandbox-worker-2"),
+    ("sandbox-swapped", "sandbox-worker-2", "sandbox-worker-1"),
+])
+def test_sandbox_strategies_place_by_host_label(strategy, chat_host, embed_host):
+    data = plan(sandbox_cluster(), load_catalog(), load_strategy(strategy, STRATEGIES)).to_dict()
+    assert data["feasible"], data["errors"]
+    chat, embed = service(data, "chat"), service(data, "embed")
+    assert chat["placements"] == [{"replica": 0, "host": chat_host, "devices": [0]}]
+    assert embed["placements"] == [{"replica": 0, "host": embed_host, "devices": [0]}]
+    assert chat["ray"] == {"bundles": [{"CPU": 1}], "bundle_label_selector": [{"gpufleet.io/host": chat_host}],
+                           "placement_strategy": "STRICT_PACK"}
+    assert embed["ray"]["bundles"] == [{"CPU": 1}]
+    assert embed["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": embed_host}]
+    # CPU devices: the budget only, no CUDA context
+    chat_dev = next(g for g in data["gpus"] if g["host"] == chat_host)
+    embed_dev = next(g for g in data["gpus"] if g["host"] == embed_host)
+    assert chat_dev["kind"] == embed_dev["kind"] == "cpu"
+    assert chat_dev["planned_mib"] == round(0.3 * SANDBOX_CPU_MIB) == 2458
+    assert embed_dev["planned_mib"] == round(0.2 * SANDBOX_CPU_MIB) == 1638
+    assert not any(g["host"] == "sandbox-head" for g in data["gpus"])
+    # SmolLM2-135M bf16: 269e6 bytes; hidden 576, intermediate 1536, vocab 49152; 30 layers, 3 KV heads of 64
+    weights = 269e6 / MIB
+    act = (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB
+    kv = 0.3 * SANDBOX_CPU_MIB - weights - act
+    assert chat_dev["allocations"][0]["parts"] == {"weights": round(weights), "activations": round(act),
+                                                   "overhead": 0, "kv_cache": round(kv), "cuda_context": 0}
+    assert embed["kv_cache_tokens"] is None                 # pooling model: no KV cache
+    assert embed["engine_args"]["runner"] == "pooling"
+
+
+# ---- KV-cache tokens per replica: the figure vLLM logs as "GPU KV cache size: N tokens" ----------------
+# vllm/v1/core/kv_cache_utils.py: num_blocks = available // page_size // group_size (get_num_blocks);
+# _report_kv_cache_config logs num_blocks // len(kv_cache_groups) * block_size.
+def _uniform_tokens(kv_mib: float, per_layer: int, layers: int) -> int:
+    return int(kv_mib * MIB) // (BLOCK * per_layer * layers) * BLOCK
+
+
+def _kv_case(strategy, name, inventory=PRODUCTION):
+    if strategy.startswith("sandbox"):
+        data = plan(sandbox_cluster(), load_catalog(), load_strategy(strategy, STRATEGIES)).to_dict()
+    else:
+        data = run_plan(strategy, inventory)[1]
+    return service(data, name)["kv_cache_tokens"]
+
+
+KV_CASES = {
+    # 27B, TP 4: 0.95 / 0.90 / 0.93 / 0.85 of an A10 minus weights, activations and non-torch
+    "baseline": (("baseline", "medgemma-27b"),
+                 lambda: gemma27_kv_tokens(0.95 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+    "colocate-090": (("colocate-4b-util090", "medgemma-27b-node0"),
+                     lambda: gemma27_kv_tokens(0.90 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+    "colocate-093": (("colocate-4b-util093", "medgemma-27b-node0"),
+                     lambda: gemma27_kv_tokens(0.93 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+    "ollama-sidecar": (("ollama-sidecar", "medgemma-27b-node0"),
+                       lambda: gemma27_kv_tokens(0.85 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+    "ollama-sidecar-spread": (("ollama-sidecar-spread", "medgemma-27b-node0"),
+                              lambda: gemma27_kv_tokens(0.85 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+    # NV-Reason-CXR-3B, TP 2, 0.45: 36 full-attention layers, 1 KV head of 128 per GPU
+    "cxr-worker": (("cxr-worker", "nv-reason-cxr"), lambda: _uniform_tokens(
+        0.45 * A10 - 7.5e9 / 2 / MIB - (MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 + SEQS * 151936 * 4) / MIB
+        - NON_TORCH, 2 * 1 * 128 * 2, 36)),
+    # Qwen3-0.6B, TP 1, 0.90 of a 3090, CUDA graphs on: 28 layers, 8 KV heads of 128
+    "per-gpu-servers": (("per-gpu-servers", "vllm-dev", WORKSTATION), lambda: _uniform_tokens(
+        0.90 * RTX3090 - 1.2e9 / MIB - (MNBT * (4 * 1024 + 2 * 3072) * 2 + SEQS * 151936 * 4) / MIB
+        - NON_TORCH - CUDAGRAPH, 2 * 8 * 128 * 2, 28)),
+    # SmolLM2-135M on a CPU node, 0.3 of 8192 MiB, no GPU overheads: 30 layers, 3 KV heads of 64
+    "sandbox": (("sandbox", "chat"), lambda: _uniform_tokens(
+        0.3 * SANDBOX_CPU_MIB - 269e6 / MIB - (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB,
+        2 * 3 * 64 * 2, 30)),
+}
+
+
+def test_kv_tokens_hand_figures():
+    """The hand formula itself, on the baseline: 8149.4 MiB of KV -> 26077 blocks of 10 pages -> 3725 x 16."""
+    kv = 0.95 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH
+    assert int(kv * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP) == 26077
+    assert gemma27_kv_tokens(kv) == 59600
+
+
+@pytest.mark.parametrize("case", sorted(KV_CASES))
+def test_kv_cache_tokens_are_what_vllm_logs(case):
+    args, expected = KV_CASES[case]
+    assert _kv_case(*args) == expected()
+
+
+# ---- planner bugs found while writing these tests ---------------------------------------------------
+def _mixed_cluster(first: dict, second: dict):
+    groups = {"ray_head": ["gpu-a"], "ray_workers": ["gpu-b"]}
+    hostvars = {"gpu-a": {"gpufleet_gpus": first, "ansible_host": "127.0.0.1"},
+                "gpu-b": {"gpufleet_gpus": second, "ansible_host": "127.0.0.2"}}
+    return cluster_from_hostvars(groups, hostvars, "mixed")
+
+
+def test_bug_every_replica_is_checked_not_only_the_first():
+    """A 27B TP=4 replica at 0.95 lands on a 12288 MiB node: 0.95 x 12288 = 11674 MiB per GPU
+    cannot hold 54.9e9 / 4 / 2**20 = 13089 MiB of weights. The planner checks only the first
+    placement's device (an 80 GB node here), so the plan says it fits."""
+    cluster = _mixed_cluster({"count": 4, "model": "A100", "memory_mib": 81920},
+                             {"count": 4, "model": "T4", "memory_mib": 12288})
+    strategy = parse_strategy({"name": "mixed", "services": [{
+        "name": "medgemma-27b", "model": "google/medgemma-27b-it", "engine": "vllm",
+        "engine_args": {"tensor_parallel_size": 4, "max_model_len": 8192, "gpu_memory_utilization": 0.95,
+                        "enforce_eager": True},
+        "replicas": 2}]}, "mixed.yml")
+    data = plan(cluster, load_catalog(), strategy).to_dict()
+    assert hosts_of(service(data, "medgemma-27b")) == ["gpu-a", "gpu-b"]
+    assert 0.95 * 12288 < W27_TP4
+    wdf = [e for e in data["errors"] if e["code"] == "weights_do_not_fit"]
+    assert [e["gpu"] for e in wdf] == ["gpu-b:0"]
+    assert not data["feasible"]
