@@ -1,0 +1,108 @@
+"""The applied record: which strategy (and plan) a cluster runs, on the head and cached on the controller.
+
+On the head, `playbooks/record.yml` (imported last by `site.yml`) writes
+`/etc/gpufleet/applied.json` after a successful run, and keeps the one before it as
+`/etc/gpufleet/applied-previous.json`. `playbooks/status.yml` reads both back (tag `record`) and
+publishes them with `set_stats` as `gpufleet_applied`.
+
+On the controller, `gpufleet apply` caches the last two applied records per inventory:
+`<cache>/applied/<inventory-slug>/{current,previous}.json`, where `<cache>` is
+`$GPUFLEET_CACHE` or `~/.cache/gpufleet`. `gpufleet diff --offline` and `gpufleet rollback`
+read them without touching any host.
+
+A record: {"strategy", "strategies_dir", "inventory", "applied_at", "plan"}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+HEAD_RECORD_DIR = "/etc/gpufleet"
+RECORD_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GPUFLEET_CACHE") or Path.home() / ".cache" / "gpufleet").expanduser()
+
+
+def inventory_slug(inventory: str) -> str:
+    """A stable folder name per inventory: its name plus a hash of its absolute path."""
+    path = Path(inventory).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-.") or "inventory"
+    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+
+
+def applied_dir(inventory: str) -> Path:
+    return cache_root() / "applied" / inventory_slug(inventory)
+
+
+def make_record(plan: dict, inventory: str, strategies_dir: str | None) -> dict:
+    return {"version": RECORD_VERSION, "strategy": plan["strategy"],
+            "strategies_dir": str(Path(strategies_dir).resolve()) if strategies_dir else None,
+            "inventory": str(Path(inventory).resolve()),
+            "applied_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "plan": plan}
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a valid applied record ({exc}); remove it or apply again") from None
+    return data if isinstance(data, dict) and "plan" in data else None
+
+
+def read_current(inventory: str) -> dict | None:
+    return _read(applied_dir(inventory) / "current.json")
+
+
+def read_previous(inventory: str) -> dict | None:
+    return _read(applied_dir(inventory) / "previous.json")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def comparable_plan(plan: dict | None) -> dict:
+    """The plan without where it was computed from (the CLI names the inventory path, Ansible does not)."""
+    return {k: v for k, v in (plan or {}).items() if k != "inventory"}
+
+
+def same_applied(a: dict | None, b: dict | None) -> bool:
+    return (bool(a and b) and a.get("strategy") == b.get("strategy")
+            and comparable_plan(a.get("plan")) == comparable_plan(b.get("plan")))
+
+
+def save_applied(inventory: str, record: dict) -> None:
+    """Make RECORD current; the current one becomes previous unless it is the same strategy and plan."""
+    folder = applied_dir(inventory)
+    current = read_current(inventory)
+    if current is not None and not same_applied(current, record):
+        _write_json(folder / "previous.json", current)
+    _write_json(folder / "current.json", record)
+
+
+def records_from_stats(stats_data: dict) -> tuple[dict | None, dict | None]:
+    """(current, previous) records as `playbooks/status.yml` publishes them from the head."""
+    applied = (stats_data or {}).get("gpufleet_applied") or {}
+
+    def one(value):
+        if isinstance(value, str) and value.strip():
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
+        return value if isinstance(value, dict) and value.get("plan") else None
+
+    return one(applied.get("current")), one(applied.get("previous"))

@@ -1,0 +1,212 @@
+"""The live cluster (as `playbooks/status.yml` reads it) against the applied plan: drift as findings.
+
+Pure: takes the data the status play publishes and the applied record; returns data that
+`format_status` renders. Drift codes:
+
+- node_missing / node_dead: a planned node is not in Ray, or Ray lists it dead
+- label_missing / label_mismatch: a planned node lacks one of its identity labels in Ray
+- app_missing / app_unhealthy / deployment_unhealthy: Serve is not running what the plan says
+- service_missing / service_unexpected: a planned vLLM service has no deployment, or the reverse
+- replicas_missing: fewer running replicas than the plan's minimum
+- replica_misplaced: a replica runs on a node the plan did not place it on
+- memory_above_plan: a GPU uses more memory than planned (with a tolerance)
+- ray_unit_inactive / ollama_unit_missing / ollama_unit_inactive: systemd units
+"""
+from __future__ import annotations
+
+try:
+    from .serve_config import APP_NAME, LLM_DEPLOYMENT_PREFIX
+except ImportError:  # serve_config names them; the same literals otherwise
+    APP_NAME, LLM_DEPLOYMENT_PREFIX = "gpufleet", "LLMServer:"
+
+HOST_LABEL = "gpufleet.io/host"
+# nvidia-smi and the planner never agree to the MiB: drift starts above this margin.
+MEMORY_TOLERANCE_MIB, MEMORY_TOLERANCE_SHARE = 512, 0.05
+
+
+def _finding(code: str, message: str, **where) -> dict:
+    return {"code": code, "message": message, **{k: v for k, v in where.items() if v is not None}}
+
+
+def parse_gpu_rows(rows: list) -> list:
+    """nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used --format=csv,noheader,nounits"""
+    gpus = []
+    for row in rows or []:
+        parts = [p.strip() for p in row.split(",")]
+        if len(parts) < 5:
+            continue
+        try:
+            gpus.append({"index": int(parts[0]), "uuid": parts[1], "name": parts[2],
+                         "memory_mib": int(float(parts[3])), "used_mib": int(float(parts[4]))})
+        except ValueError:
+            continue
+    return gpus
+
+
+def parse_unit_rows(rows: list) -> list:
+    """systemctl list-units --plain --no-legend: UNIT LOAD ACTIVE SUB DESCRIPTION"""
+    units = []
+    for row in rows or []:
+        parts = row.split(None, 4)
+        if len(parts) >= 4 and parts[0].endswith(".service"):
+            units.append({"unit": parts[0], "load": parts[1], "active": parts[2], "sub": parts[3]})
+    return units
+
+
+def build_status(stats_data: dict, applied: dict | None) -> dict:
+    cluster = stats_data.get("gpufleet_cluster") or {}
+    hosts_raw = stats_data.get("gpufleet_hosts") or {}
+    nodes = cluster.get("nodes")
+    serve = cluster.get("serve")
+    host_of = {}  # Ray node id -> inventory host, by the identity label
+    for n in nodes or []:
+        host = (n.get("labels") or {}).get(HOST_LABEL)
+        if host:
+            host_of[n["node_id"]] = host
+    hosts = {h: {"gpus": parse_gpu_rows(v.get("gpus")), "nvidia_smi": bool(v.get("nvidia_smi")),
+                 "units": parse_unit_rows(v.get("units"))} for h, v in hosts_raw.items()}
+    apps = {}
+    for name, app in ((serve or {}).get("applications") or {}).items():
+        deployments = {}
+        for dname, dep in (app.get("deployments") or {}).items():
+            replicas = [{**r, "host": host_of.get(r.get("node_id"), r.get("node_ip"))} for r in dep.get("replicas") or []]
+            deployments[dname] = {**dep, "replicas": replicas}
+        apps[name] = {**app, "deployments": deployments}
+
+    plan = (applied or {}).get("plan")
+    drift = compute_drift(plan, nodes, apps if serve is not None else None, hosts) if plan else []
+    return {"applied": {k: (applied or {}).get(k) for k in ("strategy", "applied_at", "source")} if applied else None,
+            "nodes": nodes, "applications": apps if serve is not None else None, "hosts": hosts,
+            "errors": list(cluster.get("errors") or []), "drift": drift}
+
+
+def compute_drift(plan: dict, nodes: list | None, apps: dict | None, hosts: dict) -> list:
+    drift = []
+    if nodes is not None:
+        by_host = {}
+        for n in nodes:
+            host = (n.get("labels") or {}).get(HOST_LABEL)
+            if host and (host not in by_host or str(n.get("state")) == "ALIVE"):
+                by_host[host] = n
+        for planned in plan.get("nodes") or []:
+            live = by_host.get(planned["host"])
+            if live is None:
+                drift.append(_finding("node_missing", "not in the Ray cluster (or it lacks its gpufleet.io/host label)",
+                                      host=planned["host"]))
+                continue
+            if str(live.get("state")) != "ALIVE":
+                drift.append(_finding("node_dead", f"Ray lists it {live.get('state')}", host=planned["host"]))
+            labels = live.get("labels") or {}
+            for key, value in (planned.get("labels") or {}).items():
+                if key not in labels:
+                    drift.append(_finding("label_missing", f"label {key}={value} is missing", host=planned["host"]))
+                elif labels[key] != value:
+                    drift.append(_finding("label_mismatch", f"label {key} is {labels[key]!r}, planned {value!r}",
+                                          host=planned["host"]))
+
+    vllm = [s for s in plan.get("services") or [] if s.get("engine") == "vllm"]
+    if apps is not None and vllm:
+        app = apps.get(APP_NAME)
+        if app is None:
+            drift.append(_finding("app_missing", f"Serve has no application {APP_NAME!r}"))
+        else:
+            if app.get("status") != "RUNNING":
+                drift.append(_finding("app_unhealthy", f"application {APP_NAME} is {app.get('status')}: "
+                                      f"{app.get('message') or 'no message'}"))
+            planned_deps = {LLM_DEPLOYMENT_PREFIX + s["name"]: s for s in vllm}
+            for dname, dep in (app.get("deployments") or {}).items():
+                if dname.startswith(LLM_DEPLOYMENT_PREFIX) and dname not in planned_deps:
+                    drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan"))
+            for dname, service in planned_deps.items():
+                dep = (app.get("deployments") or {}).get(dname)
+                if dep is None:
+                    drift.append(_finding("service_missing", f"no deployment {dname}", service=service["name"]))
+                    continue
+                if dep.get("status") != "HEALTHY":
+                    drift.append(_finding("deployment_unhealthy", f"{dep.get('status')}: {dep.get('message') or ''}".strip(),
+                                          service=service["name"]))
+                running = [r for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"]
+                minimum = (service.get("replicas") or {}).get("min") or 0
+                if len(running) < minimum:
+                    drift.append(_finding("replicas_missing", f"{len(running)} running, the plan wants at least {minimum}",
+                                          service=service["name"]))
+                allowed = {p["host"] for p in service.get("placements") or []}
+                for r in running:
+                    if allowed and r.get("host") not in allowed:
+                        drift.append(_finding("replica_misplaced",
+                                              f"replica {r.get('replica_id')} runs on {r.get('host')}, "
+                                              f"planned on {', '.join(sorted(allowed))}",
+                                              service=service["name"], host=r.get("host")))
+
+    for g in plan.get("gpus") or []:
+        if g.get("kind", "gpu") != "gpu":
+            continue
+        live = next((x for x in (hosts.get(g["host"]) or {}).get("gpus") or [] if x["index"] == g["index"]), None)
+        if live is None:
+            continue
+        margin = max(MEMORY_TOLERANCE_MIB, MEMORY_TOLERANCE_SHARE * g["memory_mib"])
+        if live["used_mib"] > g.get("planned_mib", 0) + margin:
+            drift.append(_finding("memory_above_plan", f"uses {live['used_mib']} MiB, planned {g.get('planned_mib', 0)} MiB",
+                                  gpu=f"{g['host']}:{g['index']}", host=g["host"]))
+
+    for host, info in hosts.items():
+        for unit in info["units"]:
+            if unit["unit"].startswith("ray-") and unit["active"] != "active" and unit["load"] == "loaded":
+                drift.append(_finding("ray_unit_inactive", f"{unit['unit']} is {unit['active']} ({unit['sub']})", host=host))
+    for service in plan.get("services") or []:
+        if service.get("engine") != "ollama" or not service.get("ollama"):
+            continue
+        host = service["ollama"].get("host")
+        if host not in hosts:
+            continue
+        units = [u for u in hosts[host]["units"] if "ollama" in u["unit"]]
+        mine = [u for u in units if service["name"] in u["unit"]] or units
+        if not mine:
+            drift.append(_finding("ollama_unit_missing", "no Ollama unit on the host", service=service["name"], host=host))
+        elif not any(u["active"] == "active" for u in mine):
+            drift.append(_finding("ollama_unit_inactive", ", ".join(f"{u['unit']} is {u['active']}" for u in mine),
+                                  service=service["name"], host=host))
+    return drift
+
+
+def format_status(data: dict) -> str:
+    lines = []
+    applied = data.get("applied")
+    lines.append(f"applied: {applied['strategy']} since {applied.get('applied_at') or '?'}" if applied
+                 else "applied: no record (nothing applied with gpufleet, or the record was removed)")
+    for error in data.get("errors") or []:
+        lines.append(f"  could not read: {error}")
+    if data.get("nodes") is not None:
+        lines += ["", f"{'ray node':22} {'state':6} {'address':16} labels"]
+        for n in sorted(data["nodes"], key=lambda n: ((n.get("labels") or {}).get(HOST_LABEL) or "", n["node_id"])):
+            labels = n.get("labels") or {}
+            shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if not k.startswith("ray.io/node-id"))
+            lines.append(f"{labels.get(HOST_LABEL) or n['node_id'][:12]:22} {n['state'][:6]:6} {n.get('node_ip') or '':16} {shown}")
+    if data.get("applications") is not None:
+        lines.append("")
+        if not data["applications"]:
+            lines.append("serve: no applications")
+        for name, app in sorted(data["applications"].items()):
+            lines.append(f"serve app {name}: {app.get('status')}" + (f" ({app['message']})" if app.get("message") else ""))
+            for dname, dep in sorted((app.get("deployments") or {}).items()):
+                where = ", ".join(f"{r.get('host')}({r.get('state')})" for r in dep.get("replicas") or []) or "no replicas"
+                lines.append(f"  {dname:40} {dep.get('status') or '?':12} {where}")
+    gpu_lines = []
+    for host, info in sorted((data.get("hosts") or {}).items()):
+        for g in info["gpus"]:
+            gpu_lines.append(f"{host + ':' + str(g['index']):22} {g['name'][:20]:20} {g['used_mib']:>7} / {g['memory_mib']} MiB")
+        for u in info["units"]:
+            gpu_lines.append(f"{host:22} {u['unit']:36} {u['active']} ({u['sub']})")
+    if gpu_lines:
+        lines += ["", *gpu_lines]
+    lines.append("")
+    if not applied:
+        lines.append("drift: not checked (no applied record)")
+    elif not data["drift"]:
+        lines.append("drift: none: the cluster matches the applied plan")
+    else:
+        lines.append(f"DRIFT ({len(data['drift'])})")
+        for d in data["drift"]:
+            where = ", ".join(str(d[k]) for k in ("service", "host", "gpu") if d.get(k))
+            lines.append(f"  [{d['code']}] {where + ': ' if where else ''}{d['message']}")
+    return "\n".join(lines)
