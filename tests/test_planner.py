@@ -466,6 +466,29 @@ def test_sandbox_strategies_place_by_host_label(strategy, chat_host, embed_host)
     assert embed["engine_args"]["runner"] == "pooling"
 
 
+SANDBOX = str(ROOT / "inventory" / "sandbox")
+
+
+@pytest.mark.parametrize("strategy, chat_host, embed_host", [
+    ("sandbox", "sandbox-worker-1", "sandbox-worker-2"),
+    ("sandbox-swapped", "sandbox-worker-2", "sandbox-worker-1"),
+])
+def test_sandbox_strategies_on_the_sandbox_inventory(strategy, chat_host, embed_host):
+    """inventory/sandbox: no GPUs, gpufleet_cpu_memory_mib 18266 on every node (group_vars)."""
+    rc, data = run_plan(strategy, SANDBOX)
+    assert rc == 0 and data["feasible"] and data["errors"] == []
+    chat, embed = service(data, "chat"), service(data, "embed")
+    assert hosts_of(chat) == [chat_host] and hosts_of(embed) == [embed_host]
+    assert chat["ray"]["bundles"] == embed["ray"]["bundles"] == [{"CPU": 1}]
+    assert chat["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": chat_host}]
+    assert chat["ray"]["placement_strategy"] == "STRICT_PACK"
+    planned = {g["host"]: g["planned_mib"] for g in data["gpus"]}
+    assert all(g["kind"] == "cpu" and g["memory_mib"] == 18266 for g in data["gpus"])
+    assert planned == {"sandbox-head": 0, chat_host: round(0.3 * 18266), embed_host: round(0.2 * 18266)}
+    assert planned[chat_host] == 5480 and planned[embed_host] == 3653
+    assert chat["model_source"] == "/var/lib/gpufleet/models/smollm2-135m-instruct"
+
+
 # ---- KV-cache tokens per replica: the figure vLLM logs as "GPU KV cache size: N tokens" ----------------
 # vllm/v1/core/kv_cache_utils.py: num_blocks = available // page_size // group_size (get_num_blocks);
 # _report_kv_cache_config logs num_blocks // len(kv_cache_groups) * block_size.
