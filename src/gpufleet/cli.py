@@ -258,12 +258,13 @@ def _keep_runs() -> int:
                          "set it to how many runs to keep, for example 20") from None
 
 
-def _read_head(inventory: str, tags: str, action: str, limit: str | None = None):
+def _read_head(inventory: str, tags: str, action: str, limit: str | None = None, user_vars: dict | None = None):
     """Run playbooks/status.yml quietly (progress to stderr only on failure); the RunResult."""
     from .runner import PROJECT_DIR, run_playbook
 
     return run_playbook(PROJECT_DIR / "playbooks" / "status.yml", inventory, action=action, tags=tags,
-                        limit=limit, keep=_keep_runs(), out=sys.stderr, quiet_progress=True)
+                        limit=limit, keep=_keep_runs(), out=sys.stderr, quiet_progress=True,
+                        user_extravars=user_vars)
 
 
 def _print_failures(result) -> None:
@@ -436,7 +437,8 @@ def cmd_rollback(args) -> int:
     _check_inventory(args.inventory)
     previous = record.read_previous(args.inventory)
     if previous is None:
-        result = _read_head(args.inventory, "record", "rollback-read")
+        result = _read_head(args.inventory, "record", "rollback-read",
+                            user_vars=_parse_extra_vars(args.extra_vars))
         if result.ok:
             _, previous = record.records_from_stats(result.stats_data)
     if previous is None:

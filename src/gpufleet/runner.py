@@ -173,9 +173,10 @@ def _result_message(res: dict) -> str:
 class Progress:
     """Turns runner events into lines: one per play, per task, per host result."""
 
-    def __init__(self, out=None, show_skipped: bool = False):
+    def __init__(self, out=None, show_skipped: bool = False, quiet: bool = False):
         self.out = out or sys.stdout
         self.show_skipped = show_skipped
+        self.quiet = quiet  # failures only
         self.hosts: dict = {}
         self.failures: list = []
         self.stats_data: dict = {}
@@ -183,10 +184,13 @@ class Progress:
         self._task_printed = False
         self._pending_task = ""
 
-    def _print(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+    def _print(self, line: str, failure: bool = False) -> None:
+        if not self.quiet:  # quiet: the caller reports failures itself
+            print(line, file=self.out, flush=True)
 
     def _flush_task(self) -> None:
+        if self.quiet:
+            return
         if self._pending_task and not self._task_printed:
             self._print(f"  TASK {self._pending_task}")
             self._task_printed = True
@@ -219,7 +223,7 @@ class Progress:
                     self.failures.append({"host": host, "task": self._task, "msg": message,
                                           "unreachable": label == "UNREACHABLE"})
                 indented = message.replace("\n", "\n        ")
-                self._print(f"    {label}: {host}{item}: {indented}")
+                self._print(f"    {label}: {host}{item}: {indented}", failure=True)
             elif kind != "runner_item_on_failed":
                 self._print(f"    {label}: {host}")
         elif kind == "playbook_on_stats":
@@ -232,9 +236,9 @@ class Progress:
             for host in data.get("processed") or {}:
                 self.hosts.setdefault(host, HostStats())
         elif kind == "warning" or (kind == "verbose" and "[WARNING]" in (event.get("stdout") or "")):
-            text = (event.get("stdout") or "").strip()
+            text = (event.get("stdout") or "").strip().splitlines()
             if text:
-                self._print(f"  {text}")
+                self._print(f"  {text[0]}")
 
 
 def _scrub_command_file(artifact_dir: Path, scrubber: Scrubber) -> None:
@@ -293,7 +297,7 @@ def run_playbook(playbook, inventory: str, *, action: str = "run", extravars: di
     runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ident = run_ident(action, inventory)
     artifact_dir = runs_dir / ident
-    progress = Progress(out=out or sys.stdout)
+    progress = Progress(out=out or sys.stdout, quiet=quiet_progress)
     stdout_lines: list = []
 
     def on_event(event: dict) -> bool:
@@ -302,8 +306,7 @@ def run_playbook(playbook, inventory: str, *, action: str = "run", extravars: di
         event.update(clean)  # the runner writes this very dict to job_events/
         if event.get("stdout"):
             stdout_lines.append(event["stdout"])
-        if not quiet_progress or event.get("event") == "playbook_on_stats":
-            progress(event)
+        progress(event)
         return True
 
     def on_status(status: dict, runner_config=None) -> None:

@@ -1,0 +1,277 @@
+"""`gpufleet apply/status/diff/rollback` end to end.
+
+Loopback tests: real ansible-runner runs against 127.0.0.1 (`ansible_connection: local`), with
+strategies and playbooks written into tmp_path. `--playbook` points apply at a small playbook
+that imports the real playbooks/record.yml, so the record is written by the project's play (into
+a temporary folder given with -e gpufleet_record_dir).
+
+Sandbox tests (marker `sandbox`, run with `pytest -m sandbox`): the real site.yml on the podman
+sandbox cluster (inventory/sandbox). They fail, not skip, when selected and the sandbox or
+site.yml is missing.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpufleet import record
+from gpufleet.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """\
+name: {name}
+description: one small chat model on the loopback head (vLLM on the CPU)
+services:
+  - name: chat
+    model: HuggingFaceTB/SmolLM2-135M-Instruct
+    engine: vllm
+    engine_args: {{dtype: bfloat16, max_model_len: {max_model_len}, gpu_memory_utilization: 0.3, enforce_eager: true}}
+    replicas: 1
+    placement:
+      label_selector: {{gpufleet.io/host: loop-head}}
+    route: {{model_name: smollm2}}
+"""
+
+# The tiny "site": one converge task, Serve status reported the way the serve role reports it,
+# then the project's own record play.
+SITE = f"""\
+- name: Converge the loopback head
+  hosts: ray_head
+  gather_facts: false
+  tasks:
+    - name: Converge
+      ansible.builtin.command: "true"
+    - name: Report the Serve applications
+      ansible.builtin.set_stats:
+        data: {{gpufleet_serve: {{applications: {{gpufleet: {{status: RUNNING}}}}}}}}
+        per_host: false
+- name: Record what is applied
+  ansible.builtin.import_playbook: {ROOT / "playbooks" / "record.yml"}
+"""
+
+FAILING_SITE = """\
+- name: Converge the loopback head
+  hosts: ray_head
+  gather_facts: false
+  tasks:
+    - name: Install something that is not there
+      ansible.builtin.command: ls /nonexistent-gpufleet-path
+    - name: Never reached
+      ansible.builtin.debug: {msg: unreachable}
+"""
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A loopback inventory, strategies, playbooks, and cache/runs folders under tmp_path."""
+    monkeypatch.setenv("GPUFLEET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPUFLEET_RUNS_DIR", str(tmp_path / "runs"))
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(f"""\
+all:
+  vars:
+    gpufleet_gpus: {{count: 0}}
+    gpufleet_cpu_memory_mib: 8192
+  children:
+    ray_head:
+      hosts:
+        loop-head: {{ansible_host: 127.0.0.1, ansible_connection: local, ansible_python_interpreter: {sys.executable}}}
+""")
+    strategies = tmp_path / "strategies"
+    strategies.mkdir()
+    (strategies / "tiny.yml").write_text(TINY.format(name="tiny", max_model_len=512))
+    (strategies / "tiny-long.yml").write_text(TINY.format(name="tiny-long", max_model_len=1024))
+    shutil.copy(ROOT / "strategies" / "split-tp3.yml", strategies / "split-tp3.yml")
+    (tmp_path / "site.yml").write_text(SITE)
+    (tmp_path / "failing.yml").write_text(FAILING_SITE)
+
+    class Env:
+        path = tmp_path
+        runs = tmp_path / "runs"
+        head_dir = tmp_path / "head-etc"
+
+        def args(self, command, strategy=None, playbook="site.yml", *extra):
+            argv = [command, "-i", str(inventory)]
+            if command in ("apply", "diff"):
+                argv += ["--strategies-dir", str(strategies), "-s", strategy]
+            if command in ("apply", "rollback"):
+                argv += ["--playbook", str(tmp_path / playbook), "-e", f"gpufleet_record_dir={self.head_dir}"]
+            return argv + list(extra)
+
+    Env.inventory = str(inventory)
+    return Env()
+
+
+def test_infeasible_strategy_is_refused_before_anything_runs(env, capsys):
+    rc = main(env.args("apply", "split-tp3", "site.yml", "--yes"))
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "tp_not_divisor" in err and "nothing was run" in err
+    assert not env.runs.exists()  # no runner was started: not even a runs folder
+    assert not env.head_dir.exists()
+
+
+def test_no_confirmation_without_a_terminal(env, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    rc = main(env.args("apply", "tiny"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "pass --yes" in err
+    assert not env.runs.exists()
+
+
+def test_bad_extra_vars_are_bad_input(env, capsys):
+    assert main(env.args("apply", "tiny", "site.yml", "--yes", "-e", "no-equals-sign")) == 2
+    assert main(env.args("apply", "tiny", "site.yml", "--yes", "-e", "strategy=other")) == 2
+    assert not env.runs.exists()
+
+
+def test_failing_play_exits_1_with_the_module_message(env, capsys):
+    rc = main(env.args("apply", "tiny", "failing.yml", "--yes"))
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "TASK Install something that is not there\n    FAILED: loop-head:" in out
+    assert "No such file or directory" in out
+    assert "Never reached" not in out
+    assert "FAILED: strategy tiny" in out and "failed=1" in out
+    assert record.read_current(env.inventory) is None  # a failed run records nothing
+    assert len(list(env.runs.iterdir())) == 1
+
+
+def test_apply_records_and_rollback(env, capsys):
+    rc = main(env.args("apply", "tiny", "site.yml", "--yes", "-e", "ray_auth_token=SECRET123"))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "(nothing applied) -> tiny: changes" in out
+    assert "PLAY Converge the loopback head [ray_head]" in out and "changed: loop-head" in out
+    assert "applied: strategy tiny" in out and "loop-head                ok" in out
+    assert "serve app gpufleet: RUNNING" in out
+    assert "endpoint: http://127.0.0.1:8000/v1" in out
+    head = json.loads((env.head_dir / "applied.json").read_text())
+    assert head["strategy"] == "tiny" and head["plan"]["services"][0]["name"] == "chat"
+    assert record.read_current(env.inventory)["strategy"] == "tiny"
+
+    assert main(env.args("apply", "tiny-long", "site.yml", "--yes")) == 0
+    out = capsys.readouterr().out
+    assert "tiny -> tiny-long: changes" in out and "max_model_len 512 -> 1024" in out
+    assert record.read_previous(env.inventory)["strategy"] == "tiny"
+    assert json.loads((env.head_dir / "applied-previous.json").read_text())["strategy"] == "tiny"
+
+    # diff --offline: from the controller's cache, no run at all
+    runs_before = sorted(p.name for p in env.runs.iterdir())
+    assert main(env.args("diff", "tiny", None, "--offline")) == 0
+    out = capsys.readouterr().out
+    assert "applied record: controller cache" in out and "tiny-long -> tiny: changes" in out
+    assert sorted(p.name for p in env.runs.iterdir()) == runs_before
+
+    assert main(env.args("rollback", None, "site.yml", "--yes")) == 0
+    out = capsys.readouterr().out
+    assert "rolling back to strategy tiny" in out and "applied: strategy tiny on" in out
+    assert record.read_current(env.inventory)["strategy"] == "tiny"
+    assert record.read_previous(env.inventory)["strategy"] == "tiny-long"
+
+    for path in env.path.rglob("*"):
+        if path.is_file():
+            assert b"SECRET123" not in path.read_bytes(), path
+
+
+def test_check_mode_records_nothing(env, capsys):
+    assert main(env.args("apply", "tiny", "site.yml", "--check")) == 0
+    out = capsys.readouterr().out
+    assert "checked: strategy tiny" in out
+    assert record.read_current(env.inventory) is None
+    assert not (env.head_dir / "applied.json").exists()
+
+
+def test_status_reads_loopback_without_ray(env, capsys):
+    """status.yml on a host without a Ray venv: the play succeeds and says what it could not read."""
+    rc = main(["status", "-i", env.inventory, "--format", "json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads(out)
+    assert data["applied"] is None and data["nodes"] is None
+    assert any("no Ray venv" in e for e in data["errors"])
+    assert "loop-head" in data["hosts"]
+
+
+def test_rollback_without_history_is_bad_input(env, capsys):
+    env.head_dir.mkdir()
+    rc = main(env.args("rollback", None, "site.yml", "--yes", "-e", "gpufleet_record_dir=" + str(env.head_dir)))
+    assert rc == 2 and "nothing to roll back to" in capsys.readouterr().err
+
+
+# --- the sandbox cluster -----------------------------------------------------------------------------
+
+SANDBOX_INVENTORY = str(ROOT / "inventory" / "sandbox")
+
+
+@pytest.fixture(scope="module")
+def sandbox(request):
+    if "sandbox" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("sandbox test: run with `pytest -m sandbox` against the podman sandbox")
+    ps = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
+    missing = {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"} - set(ps.stdout.split())
+    assert not missing, f"sandbox not up ({', '.join(sorted(missing))} missing): ansible-playbook playbooks/sandbox_up.yml"
+    assert (ROOT / "playbooks" / "site.yml").is_file(), "playbooks/site.yml is missing"
+    return SANDBOX_INVENTORY
+
+
+@pytest.mark.sandbox
+def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
+    assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "applied: strategy sandbox" in out and "endpoint: http://10.89.0.10:8000/v1" in out
+
+    assert main(["status", "-i", sandbox, "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["applied"]["strategy"] == "sandbox"
+    alive = {n["labels"].get("gpufleet.io/host") for n in status["nodes"] if n["state"] == "ALIVE"}
+    assert alive == {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"}
+    deployments = status["applications"]["gpufleet"]["deployments"]
+    assert {r["host"] for r in deployments["LLMServer:chat"]["replicas"]} == {"sandbox-worker-1"}
+    assert {r["host"] for r in deployments["LLMServer:embed"]["replicas"]} == {"sandbox-worker-2"}
+    assert status["drift"] == []
+
+    assert main(["diff", "-i", sandbox, "-s", "sandbox-swapped"]) == 0
+    out = capsys.readouterr().out
+    assert "applied record: head" in out and "sandbox -> sandbox-swapped: changes" in out
+    assert "chat" in out and "moved" in out
+
+    assert main(["apply", "-i", sandbox, "-s", "sandbox-swapped", "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["status", "-i", sandbox, "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    deployments = status["applications"]["gpufleet"]["deployments"]
+    assert {r["host"] for r in deployments["LLMServer:chat"]["replicas"]} == {"sandbox-worker-2"}
+    assert status["drift"] == []
+
+    assert main(["rollback", "-i", sandbox, "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "rolling back to strategy sandbox" in out
+    assert main(["status", "-i", sandbox, "--format", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["applied"]["strategy"] == "sandbox" and status["drift"] == []
+
+
+@pytest.mark.sandbox
+def test_sandbox_failing_play(sandbox, tmp_path, capsys):
+    """A play that fails on purpose on a real sandbox node: exit 1, the module's message, no record change."""
+    playbook = tmp_path / "fail.yml"
+    playbook.write_text("""\
+- name: Fail on a worker
+  hosts: sandbox-worker-1
+  gather_facts: false
+  tasks:
+    - name: Read a file that is not there
+      ansible.builtin.command: cat /nonexistent-gpufleet-path
+""")
+    before = record.read_current(sandbox)
+    assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes", "--playbook", str(playbook)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: sandbox-worker-1:" in out and "No such file or directory" in out
+    assert record.read_current(sandbox) == before
