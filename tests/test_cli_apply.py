@@ -275,3 +275,31 @@ def test_sandbox_failing_play(sandbox, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "FAILED: sandbox-worker-1:" in out and "No such file or directory" in out
     assert record.read_current(sandbox) == before
+
+
+def test_drift_from_status_data():
+    """build_status on what status.yml publishes: misplaced replica, missing label, dead node, memory."""
+    from gpufleet.status import build_status
+
+    plan = {"strategy": "s", "nodes": [
+                {"host": "h0", "group": "head", "labels": {"gpufleet.io/host": "h0", "gpufleet.io/group": "head"}},
+                {"host": "h1", "group": "worker", "labels": {"gpufleet.io/host": "h1", "gpufleet.io/pool": "a"}},
+                {"host": "h2", "group": "worker", "labels": {"gpufleet.io/host": "h2"}}],
+            "services": [{"name": "chat", "engine": "vllm", "replicas": {"min": 1},
+                          "placements": [{"replica": 0, "host": "h1", "devices": [0]}]}],
+            "gpus": [{"host": "h1", "index": 0, "kind": "gpu", "memory_mib": 23028, "planned_mib": 10000}]}
+    stats = {
+        "gpufleet_cluster": {"errors": [], "nodes": [
+            {"node_id": "n0", "state": "ALIVE", "labels": {"gpufleet.io/host": "h0", "gpufleet.io/group": "head"}},
+            {"node_id": "n1", "state": "ALIVE", "labels": {"gpufleet.io/host": "h1"}},
+            {"node_id": "n2", "state": "DEAD", "labels": {"gpufleet.io/host": "h2"}}],
+            "serve": {"applications": {"gpufleet": {"status": "RUNNING", "deployments": {
+                "LLMServer:chat": {"status": "HEALTHY", "replicas": [
+                    {"replica_id": "r1", "state": "RUNNING", "node_id": "n0"}]}}}}}},
+        "gpufleet_hosts": {"h1": {"nvidia_smi": True, "gpus": ["0, GPU-1, NVIDIA A10, 23028, 21000"],
+                                  "units": ["ray-worker.service loaded active running Ray"]}}}
+    data = build_status(stats, {"strategy": "s", "applied_at": "t", "plan": plan})
+    codes = {(d["code"], d.get("host")) for d in data["drift"]}
+    assert codes == {("label_missing", "h1"), ("node_dead", "h2"), ("replica_misplaced", "h0"),
+                     ("memory_above_plan", "h1")}
+    assert data["applications"]["gpufleet"]["deployments"]["LLMServer:chat"]["replicas"][0]["host"] == "h0"

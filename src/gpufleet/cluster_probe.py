@@ -10,7 +10,12 @@ RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (the ray role's unit environment). N
 from __future__ import annotations
 
 import json
+import os
 import sys
+
+# Run as a script from src/gpufleet, this folder would shadow the standard library (selectors.py).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 
 def _nodes(address: str) -> list:
