@@ -59,9 +59,12 @@ W4_TP4 = 8.6e9 / 4 / MIB                                            # 2050.3 MiB
 ACT4_TP4 = (MNBT * (4 * 2560 + 2 * 10240 / 4) * 2 + SEQS * 262208 * 4) / MIB    # 316.0 MiB
 
 
-def gemma27_kv_tokens(kv_mib: float) -> int:
+def gemma27_kv_tokens(kv_mib: float, max_len: int = 8192) -> int:
+    """vLLM 0.32 logs concurrency x max_model_len: blocks of 10 pages, shared by 1 full-attention
+    group (ceil(L/16) blocks per sequence) and 6 sliding groups (ceil(min(1023 + 2048, L)/16) + 1)."""
     blocks = int(kv_mib * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP)
-    return blocks // GEMMA27_GROUPS * BLOCK
+    per_sequence = 1 * -(-max_len // BLOCK) + 6 * (-(-min(1024 - 1 + MNBT, max_len) // BLOCK) + 1)
+    return int(blocks / per_sequence * max_len)
 
 
 def bundle(fraction: float) -> float:
@@ -492,8 +495,10 @@ def test_sandbox_strategies_on_the_sandbox_inventory(strategy, chat_host, embed_
 # ---- KV-cache tokens per replica: the figure vLLM logs as "GPU KV cache size: N tokens" ----------------
 # vllm/v1/core/kv_cache_utils.py: num_blocks = available // page_size // group_size (get_num_blocks);
 # _report_kv_cache_config logs num_blocks // len(kv_cache_groups) * block_size.
-def _uniform_tokens(kv_mib: float, per_layer: int, layers: int) -> int:
-    return int(kv_mib * MIB) // (BLOCK * per_layer * layers) * BLOCK
+def _uniform_tokens(kv_mib: float, per_layer: int, layers: int, max_len: int) -> int:
+    """One group of all layers: blocks / ceil(L/16) sequences, times L."""
+    blocks = int(kv_mib * MIB) // (BLOCK * per_layer * layers)
+    return int(blocks / -(-max_len // BLOCK) * max_len)
 
 
 def _kv_case(strategy, name, inventory=PRODUCTION):
@@ -519,23 +524,24 @@ KV_CASES = {
     # NV-Reason-CXR-3B, TP 2, 0.45: 36 full-attention layers, 1 KV head of 128 per GPU
     "cxr-worker": (("cxr-worker", "nv-reason-cxr"), lambda: _uniform_tokens(
         0.45 * A10 - 7.5e9 / 2 / MIB - (MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 + SEQS * 151936 * 4) / MIB
-        - NON_TORCH, 2 * 1 * 128 * 2, 36)),
+        - NON_TORCH, 2 * 1 * 128 * 2, 36, 8192)),
     # Qwen3-0.6B, TP 1, 0.90 of a 3090, CUDA graphs on: 28 layers, 8 KV heads of 128
     "per-gpu-servers": (("per-gpu-servers", "vllm-dev", WORKSTATION), lambda: _uniform_tokens(
         0.90 * RTX3090 - 1.2e9 / MIB - (MNBT * (4 * 1024 + 2 * 3072) * 2 + SEQS * 151936 * 4) / MIB
-        - NON_TORCH - CUDAGRAPH, 2 * 8 * 128 * 2, 28)),
+        - NON_TORCH - CUDAGRAPH, 2 * 8 * 128 * 2, 28, 40960)),
     # SmolLM2-135M on a CPU node, 0.3 of 8192 MiB, no GPU overheads: 30 layers, 3 KV heads of 64
     "sandbox": (("sandbox", "chat"), lambda: _uniform_tokens(
         0.3 * SANDBOX_CPU_MIB - 269e6 / MIB - (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB,
-        2 * 3 * 64 * 2, 30)),
+        2 * 3 * 64 * 2, 30, 512)),
 }
 
 
 def test_kv_tokens_hand_figures():
-    """The hand formula itself, on the baseline: 8149.4 MiB of KV -> 26077 blocks of 10 pages -> 3725 x 16."""
+    """The hand formula itself, on the baseline: 8149.4 MiB of KV -> 26077 blocks of 10 pages;
+    a sequence of 8192 takes 512 + 6 x 193 = 1670 blocks -> 26077 / 1670 x 8192 = 127917 tokens."""
     kv = 0.95 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH
     assert int(kv * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP) == 26077
-    assert gemma27_kv_tokens(kv) == 59600
+    assert gemma27_kv_tokens(kv) == 127917
 
 
 @pytest.mark.parametrize("case", sorted(KV_CASES))

@@ -83,7 +83,7 @@ def kv_cache_tokens(model: Model, kv_mib: float, tp: int, dtype_bytes: int, bloc
         return 0
     layers_per_block, full_groups, sliding_groups = kv_layout(model)
     page = block_size * kv_bytes_per_token_layer(model, tp, dtype_bytes)
-    blocks = int(kv_mib * MIB) // (page * layers_per_block) - 1  # one null block is held back
+    blocks = int(kv_mib * MIB) // (page * layers_per_block)
     full_blocks, sliding_blocks = blocks_per_sequence(model, max_model_len, block_size, batched_tokens)
     per_sequence = full_groups * full_blocks + sliding_groups * sliding_blocks
     return max(0, int(blocks / per_sequence * max_model_len))
@@ -92,12 +92,14 @@ def kv_cache_tokens(model: Model, kv_mib: float, tp: int, dtype_bytes: int, bloc
 def one_sequence_mib(model: Model, max_model_len: int, tp: int, dtype_bytes: int, block_size: int,
                      batched_tokens: int) -> float:
     """KV memory one max_model_len sequence needs (vLLM's check_enough_kv_cache_memory):
-    full layers hold every token; sliding layers hold min(window - 1 + batched tokens, len)."""
+    full layers hold every token; sliding layers hold min(window - 1 + batched tokens, len);
+    plus the null block the block pool holds back."""
     if model.runner != "generate":
         return 0.0
     page = block_size * kv_bytes_per_token_layer(model, tp, dtype_bytes)
     full_blocks, sliding_blocks = blocks_per_sequence(model, max_model_len, block_size, batched_tokens)
-    return (model.full_layers * full_blocks + model.sliding_layers * sliding_blocks) * page / MIB
+    null_block = kv_layout(model)[0]  # the block vLLM's pool holds back, in pages
+    return (model.full_layers * full_blocks + model.sliding_layers * sliding_blocks + null_block) * page / MIB
 
 
 def longest_sequence(model: Model, kv_mib: float, tp: int, dtype_bytes: int, block_size: int,

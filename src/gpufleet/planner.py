@@ -344,10 +344,16 @@ class _Planner:
 
     # ---- verdicts after placement ----------------------------------------------
     def check_instances(self, sp: ServicePlan) -> None:
-        if not sp.placements:
-            return
-        _, host, indices = sp.placements[0]
-        device = self.devices[host][indices[0]]
+        """Weights and KV checks, once per distinct device size the replicas landed on."""
+        sizes = {}
+        for _, host, indices in sp.placements:
+            device = self.devices[host][indices[0]]
+            sizes.setdefault((device.kind, device.memory_mib), device)
+        tokens = [self.check_instance(sp, device) for device in sizes.values()]
+        if tokens and None not in tokens:
+            sp.kv_cache_tokens = min(tokens)
+
+    def check_instance(self, sp: ServicePlan, device: Device) -> int | None:
         inst = self.instance(sp, device)
         _, dbytes, kv_bytes = self._dtype_bytes(sp.service)
         where, gpu = f"services[{sp.name}].engine_args", device.name
@@ -365,10 +371,10 @@ class _Planner:
                         if least_util <= 0.99 else
                         f"use tensor_parallel_size {fits[0]}" if fits else "use bigger devices or a quantised build"),
                        sp.name, gpu, f"{where}.gpu_memory_utilization")
-            return
-        sp.kv_cache_tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block, sp.max_model_len, batched)
+            return None
         if sp.model.runner != "generate":
-            return
+            return 0
+        tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block, sp.max_model_len, batched)
         need = mem.one_sequence_mib(sp.model, sp.max_model_len, sp.tp, kv_bytes, block, batched)
         if inst.kv < need:
             longest = mem.longest_sequence(sp.model, max(inst.kv, 0), sp.tp, kv_bytes, block, batched)
@@ -381,6 +387,7 @@ class _Planner:
                        f"(vLLM: \"No available memory for the cache blocks\")",
                        f"lower max_model_len to {longest} or raise gpu_memory_utilization" if longest else
                        "raise gpu_memory_utilization or tensor_parallel_size", sp.name, gpu, f"{where}.max_model_len")
+        return tokens
 
     def check_devices(self) -> None:
         for devices in self.devices.values():
