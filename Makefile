@@ -12,7 +12,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --find-links /opt/wheels -e '.[test]'
+	# PyPI's torchvision/torchaudio/torchcodec break vLLM's import beside the CPU torch.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 sandbox-host:            ## podman, runc, debootstrap and podman's runtime settings (root)
