@@ -45,7 +45,7 @@ def test_syntax_check(name):
 def test_site_imports_in_order():
     site = yaml.safe_load((REPO / "playbooks/site.yml").read_text())
     assert [p["ansible.builtin.import_playbook"] for p in site] == [
-        "plan.yml", "preflight.yml", "ray.yml", "ollama.yml", "serve.yml"]
+        "plan.yml", "preflight.yml", "ray.yml", "ollama.yml", "serve.yml", "record.yml"]
     for name in PLAYBOOKS[1:]:
         plays = yaml.safe_load((REPO / f"playbooks/{name}.yml").read_text())
         if name != "plan":  # every playbook also runs alone: it plans first
