@@ -260,7 +260,16 @@ def _scrub_command_file(artifact_dir: Path, scrubber: Scrubber) -> None:
 
 def run_ident(action: str, inventory: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(inventory).resolve().name or "inventory").strip("-")
-    return f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{action}-{slug}"
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
+    return f"{stamp}-{os.getpid()}-{action}-{slug}"
+
+
+def prune_runs(runs_dir: Path, keep: int) -> None:
+    """Keep the newest KEEP run folders; their names start with a sortable UTC time."""
+    runs = sorted(p for p in runs_dir.iterdir() if p.is_dir())
+    for old in runs[:max(len(runs) - max(int(keep), 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def ansible_environment(extra: dict | None = None) -> dict:
@@ -342,7 +351,6 @@ def run_playbook(playbook, inventory: str, *, action: str = "run", extravars: di
             envvars=ansible_environment(),
             suppress_env_files=True,
             quiet=True,
-            rotate_artifacts=max(int(keep), 1),
             event_handler=on_event,
             status_handler=on_status,
         )
@@ -366,6 +374,7 @@ def run_playbook(playbook, inventory: str, *, action: str = "run", extravars: di
                        artifact_dir=artifact_dir if artifact_dir.is_dir() else None,
                        hosts=progress.hosts, failures=progress.failures, stats_data=progress.stats_data,
                        output=stdout_lines)
+    prune_runs(runs_dir, keep)
     _write_run_summary(result, {"action": action, "playbook": str(playbook), "inventory": str(inventory),
                                 "limit": limit, "check": check, "tags": tags, "extravars": extravars,
                                 "user_extravars": sorted(user_extravars), **(summary or {})}, scrubber)
