@@ -41,7 +41,12 @@ unit: venv
 lint: venv
 	$(BIN)/ansible-lint
 
+# The three scenarios on one sandbox cluster, removed at the end (sandbox/test-all.sh).
 molecule: sandbox-assets
-	$(BIN)/molecule test --all
+	STAGES="ray_cluster serve ollama" bash sandbox/test-all.sh
 
-test: unit lint molecule
+# Unit tests, lint, the molecule scenarios, then gpufleet apply/status/diff/rollback on the same
+# sandbox cluster (pytest -m sandbox); the cluster is removed at the end even on failure. Stage
+# times: runs/test-times.txt.
+test: venv sandbox-assets
+	bash sandbox/test-all.sh
