@@ -11,7 +11,8 @@
 #   sandbox-down    playbooks/sandbox_down.yml
 #
 # The scenarios run with --destroy=never so that they share one cluster; each still runs its own
-# create (playbooks/sandbox_up.yml, idempotent) and works alone with a plain `molecule test -s NAME`.
+# create (playbooks/sandbox_up.yml, idempotent; molecule's saved state is reset first so that create
+# always runs) and works alone with a plain `molecule test -s NAME`.
 # Stage times go to $GPUFLEET_TEST_TIMES (default runs/test-times.txt) and are printed at the end.
 # STAGES="serve ollama" bash sandbox/test-all.sh runs a subset (sandbox-down always runs).
 set -uo pipefail
@@ -57,7 +58,11 @@ for stage in $STAGES; do
     case $stage in
         unit) run_stage unit pytest -q -m "not sandbox" ;;
         lint) run_stage lint ansible-lint ;;
-        ray_cluster|serve|ollama) run_stage "$stage" molecule test -s "$stage" --destroy=never ;;
+        # molecule reset first: its saved state may say "created" for a cluster that
+        # sandbox-down has since removed (create would then be skipped).
+        ray_cluster|serve|ollama)
+            molecule reset -s "$stage" > /dev/null 2>&1
+            run_stage "$stage" molecule test -s "$stage" --destroy=never ;;
         sandbox-pytest) run_stage sandbox-pytest pytest -q -m sandbox -x ;;
         *) echo "unknown stage $stage" >&2; false ;;
     esac || exit 1
