@@ -289,8 +289,8 @@ def _endpoint(plan: dict, stats: dict) -> str:
     serve = stats.get("gpufleet_serve") or {}
     if serve.get("endpoint"):
         return serve["endpoint"]
-    head = next((n for n in plan.get("nodes") or [] if n.get("group") == "head"), None)
-    return f"http://{head['address']}:8000/v1" if head else "(no head in the plan)"
+    from .serve_config import endpoint
+    return endpoint(plan) or "(no head in the plan)"
 
 
 def cmd_apply(args, rollback_from: dict | None = None) -> int:

@@ -50,6 +50,12 @@ DEFAULTS = {
 }
 
 
+def endpoint(plan: dict, port: int = DEFAULTS["http_port"]) -> str | None:
+    """The OpenAI base URL of a plan's cluster: Serve's HTTP proxy on the head."""
+    head = next((n for n in plan.get("nodes") or [] if n.get("group") == "head"), None)
+    return f"http://{head['address']}:{port}/v1" if head else None
+
+
 class ServeConfigError(ValueError):
     """The plan cannot be turned into a Serve config (not feasible, or not the expected shape)."""
 

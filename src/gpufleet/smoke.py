@@ -9,14 +9,7 @@ import os
 import sys
 
 from .api import plan_from_inventory
-
-SERVE_PORT = 8000
-
-
-def endpoint(plan: dict) -> str:
-    head = next(n for n in plan["nodes"] if n["group"] == "head")
-    return f"http://{head['address']}:{SERVE_PORT}/v1"
-
+from .serve_config import endpoint
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpufleet.smoke", description=__doc__,
