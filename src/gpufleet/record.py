@@ -30,11 +30,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("GPUFLEET_CACHE") or Path.home() / ".cache" / "gpufleet").expanduser()
 
 
+def inventory_name(inventory: str) -> str:
+    """The inventory's file or folder name, safe in a file name."""
+    path = Path(inventory).expanduser().resolve()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-.") or "inventory"
+
+
 def inventory_slug(inventory: str) -> str:
     """A stable folder name per inventory: its name plus a hash of its absolute path."""
     path = Path(inventory).expanduser().resolve()
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem if path.is_file() else path.name).strip("-.") or "inventory"
-    return f"{name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
+    return f"{inventory_name(inventory)}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"
 
 
 def applied_dir(inventory: str) -> Path:

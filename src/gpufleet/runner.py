@@ -259,7 +259,9 @@ def _scrub_command_file(artifact_dir: Path, scrubber: Scrubber) -> None:
 
 
 def run_ident(action: str, inventory: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(inventory).resolve().name or "inventory").strip("-")
+    from .record import inventory_name
+
+    slug = inventory_name(inventory)
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
     return f"{stamp}-{os.getpid()}-{action}-{slug}"
