@@ -293,10 +293,9 @@ class _Planner:
                                   f"+ graph {graph:.0f} + CUDA context {context:.0f})"))
         sp.placements.append((0, node.host, list(service.gpus)))
 
-    def place_required(self, sp: ServicePlan) -> None:
+    def place_required(self, sp: ServicePlan, matched: list[Node]) -> None:
         where = f"services[{sp.name}]"
-        matched, usable = self.eligible_nodes(sp)
-        sp.eligible = usable
+        usable = sp.eligible
         wanted = sp.service.replicas.min
         if not matched:
             self.error("selector_matches_nothing", f"label selector {sp.label_selector} matches no node of "
@@ -423,9 +422,11 @@ class _Planner:
             if sp.service.engine == "ollama" and not sp.blocked:
                 self.place_ollama(sp)
         vllm = [sp for sp in plans if sp.service.engine == "vllm" and not sp.blocked]
-        order = sorted(vllm, key=lambda sp: len(self.eligible_nodes(sp)[1]))  # most constrained first
-        for sp in order:
-            self.place_required(sp)
+        matched = {}
+        for sp in vllm:
+            matched[sp.name], sp.eligible = self.eligible_nodes(sp)
+        for sp in sorted(vllm, key=lambda sp: len(sp.eligible)):  # most constrained first
+            self.place_required(sp, matched[sp.name])
         for sp in vllm:
             if not sp.blocked:
                 self.place_extra(sp)
