@@ -42,16 +42,6 @@ def test_syntax_check(name):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_site_imports_in_order():
-    site = yaml.safe_load((REPO / "playbooks/site.yml").read_text())
-    assert [p["ansible.builtin.import_playbook"] for p in site] == [
-        "plan.yml", "preflight.yml", "ray.yml", "ollama.yml", "serve.yml", "record.yml"]
-    for name in PLAYBOOKS[1:]:
-        plays = yaml.safe_load((REPO / f"playbooks/{name}.yml").read_text())
-        if name != "plan":  # every playbook also runs alone: it plans first
-            assert plays[0].get("ansible.builtin.import_playbook") == "plan.yml", name
-
-
 def test_list_hosts_production_touches_nothing():
     result = subprocess.run(
         [BIN / "ansible-playbook", "--list-hosts", "-i", REPO / "inventory/production", REPO / "playbooks/site.yml"],

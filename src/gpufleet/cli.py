@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-s", "--strategy", required=True, help="strategy name (a file STRATEGY.yml)")
     plan.add_argument("--format", choices=("table", "json"), default="table")
     plan.add_argument("--svg", metavar="FILE", help="also draw the per-GPU memory split into FILE")
+    plan.add_argument("--out", metavar="FILE", help="write the plan to FILE for `gpufleet apply --plan FILE` "
+                      "(only when it fits; applied only while its inputs are unchanged)")
 
     strategies = commands.add_parser("strategies", help="list strategies with their verdict on an inventory",
                                      epilog="example: gpufleet strategies -i inventory/production")
@@ -53,19 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(args, strategy: str):
-    from .catalog import load_catalog
-    from .inventory import load_cluster
-    from .planner import plan
-    from .strategy import load_strategy
+    from .api import plan_from_inventory
 
-    return plan(load_cluster(args.inventory), load_catalog(args.catalog),
-                load_strategy(strategy, args.strategies_dir)).to_dict()
+    return plan_from_inventory(args.inventory, strategy, args.strategies_dir, args.catalog)
 
 
 def cmd_plan(args) -> int:
     from .report import format_table
 
     data = _plan(args, args.strategy)
+    if args.out and data["feasible"]:
+        from .api import write_plan_file
+        write_plan_file(data, args.out)
     if args.svg:
         from .svg import render_svg
         with open(args.svg, "w") as handle:
@@ -182,7 +183,10 @@ def _add_cluster_commands(commands) -> None:
                                 description="Apply STRATEGY to the cluster of INVENTORY.",
                                 epilog=APPLY_EPILOG, formatter_class=raw)
     _add_common(apply)
-    apply.add_argument("-s", "--strategy", required=True, help="strategy name (a file STRATEGY.yml)")
+    chosen = apply.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("-s", "--strategy", help="strategy name (a file STRATEGY.yml)")
+    chosen.add_argument("--plan", metavar="FILE", help="apply a plan made by `gpufleet plan --out FILE`; "
+                        "refused when the inventory, catalog or strategy changed since")
     _add_run_options(apply)
 
     status = commands.add_parser("status", help="the live cluster and its drift from the applied plan (read-only)",
@@ -294,8 +298,10 @@ def _endpoint(plan: dict, stats: dict) -> str:
 
 
 def cmd_apply(args, rollback_from: dict | None = None) -> int:
+    import tempfile
     from pathlib import Path
 
+    from .api import write_plan_file
     from . import record
     from .diff import diff_plans, format_diff
     from .report import format_table
@@ -309,7 +315,13 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
                          "playbooks/site.yml comes with the project; --playbook must name an existing file")
     keep = _keep_runs()
 
-    data = _plan(args, args.strategy)
+    if getattr(args, "plan", None):
+        from .api import read_plan_file
+        from .inventory import load_cluster
+        data = read_plan_file(args.plan, load_cluster(args.inventory))
+        args.strategy = data["strategy"]
+    else:
+        data = _plan(args, args.strategy)
     if not data["feasible"]:
         print(format_table(data), file=sys.stderr)
         print(f"\ngpufleet: strategy {args.strategy!r} does not fit {args.inventory}; nothing was run",
@@ -323,7 +335,7 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
     source = f"cached record of {current['applied_at']}" if current else "no applied record on this controller"
     print(f"changes against the applied strategy ({source}):")
     print(format_diff(change))
-    if rollback_from is not None and record.comparable_plan(rollback_from.get("plan")) != record.comparable_plan(data):
+    if rollback_from is not None and rollback_from.get("plan") != data:
         print(f"note: strategy {args.strategy!r} plans differently now than when it was applied "
               f"({rollback_from.get('applied_at')}); applying the plan above")
     if current and not change["changed"]:
@@ -340,14 +352,13 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
             print("not applied", file=sys.stderr)
             return EXIT_BAD_INPUT
 
-    extravars = {"strategy": args.strategy}
-    if args.strategies_dir:
-        extravars["gpufleet_strategies_dir"] = str(Path(args.strategies_dir).resolve())
-    if args.catalog:
-        extravars["gpufleet_catalog_files"] = [str(Path(c).resolve()) for c in args.catalog]
-    result = run_playbook(playbook, args.inventory, action="apply", extravars=extravars, user_extravars=user_vars,
-                          limit=args.limit, check=args.check, keep=keep,
-                          summary={"strategy": args.strategy, "rollback": rollback_from is not None})
+    # The plan shown above is the plan that runs: the plan play loads it instead of planning again.
+    with tempfile.TemporaryDirectory(prefix="gpufleet-plan-") as folder:
+        plan_file = str(Path(folder) / "plan.json")
+        write_plan_file(data, plan_file)
+        result = run_playbook(playbook, args.inventory, action="apply", extravars={"gpufleet_plan_file": plan_file},
+                              user_extravars=user_vars, limit=args.limit, check=args.check, keep=keep,
+                              summary={"strategy": args.strategy, "rollback": rollback_from is not None})
 
     print()
     print(f"{'checked' if args.check else 'applied' if result.ok else 'FAILED'}: strategy {args.strategy} "
@@ -372,7 +383,12 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
         if args.limit:
             print("note: --limit run: the controller's applied record is left as it was")
         else:
-            record.save_applied(args.inventory, record.make_record(data, args.inventory, args.strategies_dir))
+            published = result.stats_data.get("gpufleet_applied_record")
+            if published:
+                record.save_applied(args.inventory, published)
+            else:
+                print("note: the playbook published no applied record (it does not import playbooks/record.yml); "
+                      "the controller's cache is left as it was")
     return EXIT_OK
 
 

@@ -1,7 +1,10 @@
 """The cluster as the Ansible inventory declares it: nodes, their GPUs and their Ray labels."""
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .errors import InputError
 from .selectors import KEY_RE, VALUE_RE
@@ -41,34 +44,71 @@ class Cluster:
         return next((n for n in self.nodes if n.host == host), None)
 
 
-def _int(value, source, where, fix, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError("invalid_field", source, where, f"must be an integer >= {minimum}, got {value!r}", fix)
+def _int(value, source, where, fix, minimum=0, maximum=2**40):
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InputError("invalid_field", source, where,
+                         f"must be an integer >= {minimum}" + (f" and <= {maximum}" if isinstance(value, int)
+                                                               and value > maximum else "") + f", got {value!r}", fix)
     return value
 
 
+# a DNS name (RFC 1123) for ansible_host when it is not an address: nothing else reaches `ray start`
+_DNS_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+
+
+def _address(host: str, hv: dict, source: str) -> str:
+    """The address Ray binds: gpufleet_node_ip (an IP address), else ansible_host (an address or DNS name)."""
+    ip = hv.get("gpufleet_node_ip")
+    if ip is not None and ip != "":
+        try:
+            return str(ipaddress.ip_address(ip if isinstance(ip, str) else ""))
+        except ValueError:
+            raise InputError("invalid_field", source, f"{host}.gpufleet_node_ip",
+                             f"must be an IP address, got {ip!r}",
+                             "give the IPv4 or IPv6 address Ray binds on this node, for example 10.105.20.1") from None
+    fallback = hv.get("ansible_host") or host
+    if not isinstance(fallback, str):
+        fallback = str(fallback)
+    try:
+        return str(ipaddress.ip_address(fallback))
+    except ValueError:
+        pass
+    if not _DNS_RE.fullmatch(fallback):
+        where = f"{host}.ansible_host" if hv.get("ansible_host") else host
+        raise InputError("invalid_field", source, where,
+                         f"{fallback!r} is neither an IP address nor a DNS name, and Ray binds it",
+                         "set gpufleet_node_ip to the node's IP address (or ansible_host to its address)")
+    return fallback
+
+
 def _node(host: str, group: str, hv: dict, source: str) -> Node:
+    if not isinstance(host, str) or not host or not VALUE_RE.fullmatch(host):
+        raise InputError("invalid_field", source, str(host),
+                         f"the host name {host!r} becomes the Ray label value gpufleet.io/host, which must be "
+                         "1-63 of [A-Za-z0-9_.-], alphanumeric at both ends",
+                         "rename the host (keep the address in ansible_host / gpufleet_node_ip)")
     gpus = hv.get("gpufleet_gpus")
     fix_gpus = "declare gpufleet_gpus: {count: 4, model: A10, memory_mib: 23028} (or {count: 0}) in host or group vars"
     if not isinstance(gpus, dict):
         raise InputError("invalid_field", source, f"{host}.gpufleet_gpus", f"is missing or not a mapping ({gpus!r})", fix_gpus)
-    unknown = sorted(set(gpus) - {"count", "model", "memory_mib"})
+    unknown = sorted(map(str, set(gpus) - {"count", "model", "memory_mib"}))
     if unknown:
         raise InputError("invalid_field", source, f"{host}.gpufleet_gpus.{unknown[0]}", "is not a known key",
                          "keys are count, model, memory_mib")
-    count = _int(gpus.get("count"), source, f"{host}.gpufleet_gpus.count", fix_gpus)
+    count = _int(gpus.get("count"), source, f"{host}.gpufleet_gpus.count", fix_gpus, maximum=64)
     model, memory = gpus.get("model"), 0
     if count:
         memory = _int(gpus.get("memory_mib"), source, f"{host}.gpufleet_gpus.memory_mib",
-                      "give the per-GPU memory.total that nvidia-smi reports, in MiB", minimum=1)
-        if not isinstance(model, str) or not VALUE_RE.match(model) or not model:
+                      "give the per-GPU memory.total that nvidia-smi reports, in MiB", minimum=1, maximum=2**24)
+        if not isinstance(model, str) or not VALUE_RE.fullmatch(model) or not model:
             raise InputError("invalid_field", source, f"{host}.gpufleet_gpus.model",
                              f"must be a GPU model name usable as a label value, got {model!r}", "for example A10")
     cpus = hv.get("gpufleet_cpus")
     if cpus is not None:
-        cpus = _int(cpus, source, f"{host}.gpufleet_cpus", "the logical CPUs Ray advertises, or omit it", minimum=1)
+        cpus = _int(cpus, source, f"{host}.gpufleet_cpus", "the logical CPUs Ray advertises, or omit it", minimum=1,
+                    maximum=2**20)
     cpu_memory = _int(hv.get("gpufleet_cpu_memory_mib", 0), source, f"{host}.gpufleet_cpu_memory_mib",
-                      "memory (MiB) CPU-engine replicas may use on this node, or omit it")
+                      "memory (MiB) CPU-engine replicas may use on this node, or omit it", maximum=2**30)
     labels = {HOST_LABEL: host, GROUP_LABEL: group}
     if count:
         labels[GPU_MODEL_LABEL] = model
@@ -78,18 +118,30 @@ def _node(host: str, group: str, hv: dict, source: str) -> Node:
                          "for example gpufleet_node_labels: {gpufleet.io/pool: cxr}")
     for key, value in extra.items():
         where = f"{host}.gpufleet_node_labels.{key}"
-        if not isinstance(key, str) or not KEY_RE.match(key) or key.startswith("ray.io/"):
+        if (not isinstance(key, str) or not KEY_RE.fullmatch(key) or key.startswith("ray.io/")
+                or len(key.split("/")[-1]) > 63 or len(key) > 317):
             raise InputError("invalid_field", source, where, "is not a valid label key (ray.io/ is reserved)",
                              "use prefix/name with [A-Za-z0-9_.-], for example gpufleet.io/pool")
         if key in labels:
             raise InputError("invalid_field", source, where, "would override an identity label",
                              "identity labels come from the inventory; pick another key")
-        if not isinstance(value, str) or not VALUE_RE.match(value):
+        if not isinstance(value, str) or not VALUE_RE.fullmatch(value):
             raise InputError("invalid_field", source, where, f"value {value!r} is not a valid label value",
                              "a string of up to 63 [A-Za-z0-9_.-], alphanumeric at both ends")
     labels.update(extra)
-    address = str(hv.get("gpufleet_node_ip") or hv.get("ansible_host") or host)
+    address = _address(host, hv, source)
     return Node(host, group, address, count, model if count else None, memory, cpus, cpu_memory, labels)
+
+
+def _unique_addresses(nodes, source: str) -> None:
+    """Two hosts with one address are one machine counted twice: its GPUs would be planned twice."""
+    seen: dict = {}
+    for node in nodes:
+        if node.address in seen:
+            raise InputError("invalid_field", source, f"{node.host}.gpufleet_node_ip",
+                             f"address {node.address} is also {seen[node.address]}'s: one machine would be planned twice",
+                             "give each host its own address (gpufleet_node_ip or ansible_host)")
+        seen[node.address] = node.host
 
 
 def cluster_from_hostvars(groups: dict, hostvars: dict, source: str = "inventory") -> Cluster:
@@ -101,25 +153,76 @@ def cluster_from_hostvars(groups: dict, hostvars: dict, source: str = "inventory
     workers = [h for h in groups.get(WORKER_GROUP) or [] if h not in heads]
     nodes = [_node(h, "head", hostvars.get(h, {}), source) for h in heads]
     nodes += [_node(h, "worker", hostvars.get(h, {}), source) for h in workers]
+    _unique_addresses(nodes, source)
     return Cluster(source, tuple(nodes))
 
 
+# The inventory variables the planner reads (docs/CONTRACTS.md). Only these are templated, so
+# unrelated (possibly vaulted or untemplatable) host variables are never evaluated.
+PLANNER_VARS = ("gpufleet_gpus", "gpufleet_cpus", "gpufleet_cpu_memory_mib", "gpufleet_node_labels",
+                "gpufleet_node_ip", "ansible_host")
+
+
+def planner_hostvars(groups: dict, hostvars) -> dict:
+    """The planner's variables of every Ray host, read through Ansible's hostvars (templated as in a play).
+
+    The CLI and the plan play's action plugin both call this with Ansible's own `HostVars`,
+    so both plan from the same values."""
+    hosts = sorted({h for g in (HEAD_GROUP, WORKER_GROUP) for h in groups.get(g) or []})
+    selected = {}
+    for host in hosts:
+        try:
+            host_vars = hostvars[host]
+        except KeyError:
+            continue
+        names = [k for k in PLANNER_VARS if k in host_vars]
+        selected[host] = {name: _plain(host_vars[name]) for name in names}
+    return selected
+
+
+def _plain(value):
+    """Ansible's tagged/lazy containers as plain Python values (what the planner validates)."""
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+_plugins_ready = False
+
+
 def read_inventory(path: str) -> tuple[dict, dict]:
-    """groups and hostvars of an inventory, with Ansible's own semantics (group_vars, host_vars, inheritance)."""
+    """groups and the planner's host variables, read and templated by Ansible itself."""
+    from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.hostvars import HostVars
     from ansible.vars.manager import VariableManager
 
+    from ansible.plugins.loader import init_plugin_loader
+
+    global _plugins_ready
+    if not _plugins_ready:  # lookups and filters in templated values, set up as ansible-playbook does
+        init_plugin_loader([])
+        _plugins_ready = True
     loader = DataLoader()
-    inventory = InventoryManager(loader=loader, sources=[path])
-    if not inventory.hosts:
-        raise InputError("invalid_field", path, "-", "no hosts found (missing or unparsable inventory)",
-                         "point -i at an inventory folder or file, for example inventory/production")
-    variables = VariableManager(loader=loader, inventory=inventory)
-    hostvars = {h.name: variables.get_vars(host=h, include_hostvars=False) for h in inventory.get_hosts()}
-    return inventory.get_groups_dict(), hostvars
+    try:
+        inventory = InventoryManager(loader=loader, sources=[path])
+        if not inventory.hosts:
+            raise InputError("invalid_field", path, "-", "no hosts found (missing or unparsable inventory)",
+                             "point -i at an inventory folder or file, for example inventory/production")
+        variables = VariableManager(loader=loader, inventory=inventory)
+        groups = inventory.get_groups_dict()
+        return groups, planner_hostvars(groups, HostVars(inventory, variables, loader))
+    except AnsibleError as exc:
+        raise InputError("invalid_inventory", path, "-", f"Ansible cannot read it: {exc.message}",
+                         "fix the file Ansible names above (ansible-inventory -i PATH --list shows the same error)") from None
 
 
 def load_cluster(path: str) -> Cluster:
     groups, hostvars = read_inventory(path)
-    return cluster_from_hostvars(groups, hostvars, path)
+    return cluster_from_hostvars(groups, hostvars, str(Path(path).expanduser().resolve()))

@@ -5,12 +5,15 @@ On the head, `playbooks/record.yml` (imported last by `site.yml`) writes
 `/etc/gpufleet/applied-previous.json`. `playbooks/status.yml` reads both back (tag `record`) and
 publishes them with `set_stats` as `gpufleet_applied`.
 
-On the controller, `gpufleet apply` caches the last two applied records per inventory:
+The play is the record's one writer: it also publishes the record it wrote (`set_stats`
+`gpufleet_applied_record`), and on the controller `gpufleet apply` caches exactly that, the last
+two applied records per inventory:
 `<cache>/applied/<inventory-slug>/{current,previous}.json`, where `<cache>` is
 `$GPUFLEET_CACHE` or `~/.cache/gpufleet`. `gpufleet diff --offline` and `gpufleet rollback`
 read them without touching any host.
 
-A record: {"strategy", "strategies_dir", "inventory", "applied_at", "plan"}.
+A record: {"version", "strategy", "strategies_dir", "applied_at", "plan"}; the plan names its
+inventory and the digests of its inputs (`gpufleet.api`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import json
 import os
 import re
 import tempfile
-import time
 from pathlib import Path
 
 HEAD_RECORD_DIR = "/etc/gpufleet"
@@ -44,13 +46,6 @@ def inventory_slug(inventory: str) -> str:
 
 def applied_dir(inventory: str) -> Path:
     return cache_root() / "applied" / inventory_slug(inventory)
-
-
-def make_record(plan: dict, inventory: str, strategies_dir: str | None) -> dict:
-    return {"version": RECORD_VERSION, "strategy": plan["strategy"],
-            "strategies_dir": str(Path(strategies_dir).resolve()) if strategies_dir else None,
-            "inventory": str(Path(inventory).resolve()),
-            "applied_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "plan": plan}
 
 
 def _read(path: Path) -> dict | None:
@@ -79,14 +74,9 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def comparable_plan(plan: dict | None) -> dict:
-    """The plan without where it was computed from (the CLI names the inventory path, Ansible does not)."""
-    return {k: v for k, v in (plan or {}).items() if k != "inventory"}
-
-
 def same_applied(a: dict | None, b: dict | None) -> bool:
     return (bool(a and b) and a.get("strategy") == b.get("strategy")
-            and comparable_plan(a.get("plan")) == comparable_plan(b.get("plan")))
+            and a.get("plan") == b.get("plan"))
 
 
 def save_applied(inventory: str, record: dict) -> None:

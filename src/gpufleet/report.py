@@ -60,6 +60,13 @@ def _service(sp, devices_by_name) -> dict:
     }
 
 
+def nodes_to_list(cluster) -> list:
+    """The inventory's nodes as the roles read them (strategy-independent)."""
+    return [{"host": n.host, "group": n.group, "address": n.address, "labels": dict(n.labels),
+             "num_gpus": n.gpu_count, "num_cpus": n.cpus, "cpu_memory_mib": n.cpu_memory_mib}
+            for n in cluster.nodes]
+
+
 def plan_to_dict(plan) -> dict:
     devices_by_name = {(d.host, d.index): d for d in plan.devices}
     return {
@@ -69,9 +76,7 @@ def plan_to_dict(plan) -> dict:
         "feasible": plan.feasible,
         "errors": [f.to_dict() for f in plan.errors],
         "warnings": [f.to_dict() for f in plan.warnings],
-        "nodes": [{"host": n.host, "group": n.group, "address": n.address, "labels": dict(n.labels),
-                   "num_gpus": n.gpu_count, "num_cpus": n.cpus, "cpu_memory_mib": n.cpu_memory_mib}
-                  for n in plan.cluster.nodes],
+        "nodes": nodes_to_list(plan.cluster),
         "services": [_service(sp, devices_by_name) for sp in plan.services],
         "gpus": [{"host": d.host, "index": d.index, "kind": d.kind, "memory_mib": d.memory_mib,
                   "planned_mib": round(d.used_mib),
