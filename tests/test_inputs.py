@@ -129,6 +129,8 @@ SCHEMA_CASES = {
     "route not a mapping": ([vllm(route="chat")], "services[m].route", "must be {model_name: NAME}"),
     "duplicate names": ([vllm(), vllm()], "services[m].name", "is used twice"),
     "no services": ([], "services", "must be a non-empty list"),
+    "unknown dtype": ([vllm(engine_args={"dtype": "int3"})], "services[m].engine_args.dtype",
+                      "'int3' is not a value vLLM 0.32 accepts"),
 }
 
 
@@ -217,7 +219,7 @@ CATALOG_CASES = {
                       "invalid_field", "models.acme/x.layers"),
     "bad format": ({"models": {"acme/x": {"format": "onnx"}}}, "invalid_field", "models.acme/x.format"),
     "unknown base": ({"models": {"acme/x:q4": {"format": "gguf", "ollama_tag": "x:q4", "size_bytes": 10,
-                                               "base": "acme/x"}}}, "unknown_model", "base"),
+                                               "base": "acme/x"}}}, "invalid_field", "models.acme/x:q4.base"),
 }
 
 
@@ -437,7 +439,6 @@ PLANNER_INVALID = {
                               "engine ollama cannot load it"),
     "max_model_len beyond context": ([vllm(engine_args={"max_model_len": 50000})],
                                      "services[m].engine_args.max_model_len", "exceeds the model's context of 40960"),
-    "unknown dtype": ([vllm(engine_args={"dtype": "int3"})], "services[m].engine_args.dtype", "'int3'"),
     "host contradicts selector": ([vllm(placement={"host": "node-0",
                                                    "label_selector": {"gpufleet.io/host": "node-1"}})],
                                   "services[m].placement.host", "contradicts label_selector"),
@@ -450,10 +451,11 @@ PLANNER_INVALID = {
 
 @pytest.mark.parametrize("case", sorted(PLANNER_INVALID))
 def test_planner_invalid_field(capsys, tmp_path, inventory, case):
+    """invalid_field found by the planner (it needs the catalog) exits 2 too: one code, one exit status."""
     services, field, words = PLANNER_INVALID[case]
     strategies = write_strategy(tmp_path, services)
     rc, data = plan_json(capsys, inventory, strategies)
-    assert rc == 3
+    assert rc == 2
     e = only_error(data, "invalid_field")
     assert e["field"] == field
     assert words in e["message"]

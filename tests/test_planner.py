@@ -116,7 +116,7 @@ ALL_NODES = ["node-0"] + WORKERS
 # ---- split-tp3 ----------------------------------------------------------------------------
 def test_split_tp3_refuses_tp3_naming_the_32_attention_heads():
     rc, data = run_plan("split-tp3")
-    assert rc == 3
+    assert rc == 2  # its GGUF-under-vLLM service is an invalid_field, which exits 2 (README, exit codes)
     assert not data["feasible"]
     tp = [e for e in data["errors"] if e["code"] == "tp_not_divisor"]
     assert len(tp) == 1

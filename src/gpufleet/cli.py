@@ -8,6 +8,30 @@ import sys
 from .errors import InputError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INFEASIBLE = 0, 1, 2, 3
+# Planner findings that say the input itself is wrong, whatever the cluster (README: exit 2).
+# One code means one thing: invalid_field exits 2 whether the schema or the planner found it.
+INPUT_FINDINGS = frozenset({"invalid_field"})
+
+
+def plan_exit_status(data: dict) -> int:
+    """0 fits, 2 a finding says the input is wrong, 3 it does not fit."""
+    codes = {e["code"] for e in data.get("errors") or ()}
+    return EXIT_BAD_INPUT if codes & INPUT_FINDINGS else EXIT_INFEASIBLE if codes else EXIT_OK
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """Refuse an output path that cannot be written before anything is planned (no traceback later)."""
+    import os
+
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise InputError("unwritable_file", path, option, "is a folder", f"give a file name, for example {option} "
+                         + os.path.join(path, "plan.svg" if option == "--svg" else "plan.json"))
+    if not os.path.isdir(folder):
+        raise InputError("unwritable_file", path, option, f"the folder {folder} does not exist",
+                         "create the folder first, or write into an existing one")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise InputError("unwritable_file", path, option, "is not writable", "pick a writable location")
 
 EPILOG = """examples:
   gpufleet plan -i inventory/production -s dedicated-node0
@@ -63,16 +87,28 @@ def _plan(args, strategy: str):
 def cmd_plan(args) -> int:
     from .report import format_table
 
+    if args.svg:
+        _check_output_file(args.svg, "--svg")
     data = _plan(args, args.strategy)
     if args.out and data["feasible"]:
         from .api import write_plan_file
         write_plan_file(data, args.out)
     if args.svg:
         from .svg import render_svg
-        with open(args.svg, "w") as handle:
-            handle.write(render_svg(data))
+        try:
+            with open(args.svg, "w", encoding="utf-8") as handle:
+                handle.write(render_svg(data))
+        except OSError as exc:
+            raise InputError("unwritable_file", args.svg, "--svg", f"cannot write the drawing: {exc.strerror}",
+                             "name a file in an existing, writable folder") from None
     print(json.dumps(data, indent=2) if args.format == "json" else format_table(data))
-    return EXIT_OK if data["feasible"] else EXIT_INFEASIBLE
+    status = plan_exit_status(data)
+    if status != EXIT_OK:
+        strategy_file = ((data.get("inputs") or {}).get("strategy") or {}).get("file") or args.strategy
+        print(f"gpufleet: strategy file {strategy_file} "
+              + ("has invalid fields (exit 2)" if status == EXIT_BAD_INPUT else f"does not fit {args.inventory} (exit 3)")
+              + f": {len(data['errors'])} error(s) above", file=sys.stderr)
+    return status
 
 
 def cmd_strategies(args) -> int:
@@ -87,12 +123,17 @@ def cmd_strategies(args) -> int:
     status = EXIT_OK
     for name in names:
         try:
-            data = plan(cluster, catalog, load_strategy(name, args.strategies_dir)).to_dict()
+            loaded = load_strategy(name, args.strategies_dir)
+            data = plan(cluster, catalog, loaded).to_dict()
             verdict = "fits" if data["feasible"] else f"no-fit ({', '.join(sorted({e['code'] for e in data['errors']}))})"
             description = data["description"]
-        except InputError as exc:
-            verdict, description, status = "invalid", f"{exc.field}: {exc.message}", EXIT_BAD_INPUT
-        print(f"{name:{width}}  {verdict:40}  {description}")
+            if plan_exit_status(data) == EXIT_BAD_INPUT:
+                bad = next(e for e in data["errors"] if e["code"] in INPUT_FINDINGS)
+                verdict, status = f"invalid ({bad['code']})", EXIT_BAD_INPUT
+                description = f"{loaded.file}: {bad['field']}: {bad['message']}"
+        except InputError as exc:  # one bad file is listed as invalid; the others are still planned
+            verdict, description, status = "invalid", f"{exc.file}: {exc.field}: {exc.message}", EXIT_BAD_INPUT
+        print(f"{name:{width}}  {verdict:40}  {' '.join(description.split())}")
     return status
 
 

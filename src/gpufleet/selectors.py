@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 _NAME = r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
 _PREFIX = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
-KEY_RE = re.compile(rf"^({_PREFIX}/)?{_NAME}$")
-VALUE_RE = re.compile(rf"^({_NAME})?$")
-_IN_RE = re.compile(r"^(!?)in\((.*)\)$")
+# Use fullmatch (or \Z): `$` also matches before a trailing newline, so "node-0\n" passed `^...$`.
+KEY_RE = re.compile(rf"({_PREFIX}/)?{_NAME}\Z")
+VALUE_RE = re.compile(rf"({_NAME})?\Z")
+_IN_RE = re.compile(r"(!?)in\((.*)\)\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class SelectorError(ValueError):
 
 
 def parse_term(key: str, raw) -> Term:
-    if not isinstance(key, str) or not KEY_RE.match(key) or len(key.split("/")[-1]) > 63:
-        raise SelectorError(f"key {key!r} is not a valid label key (optional DNS prefix/, then <=63 of [A-Za-z0-9_.-])")
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key) or len(key.split("/")[-1]) > 63 or len(key) > 317:
+        raise SelectorError(f"key {key!r} is not a valid label key (optional DNS prefix/ of <=253, "
+                            f"then <=63 of [A-Za-z0-9_.-])")
     if key.startswith("ray.io/") and key not in ("ray.io/node-id", "ray.io/accelerator-type",
                                                   "ray.io/market-type", "ray.io/availability-zone",
                                                   "ray.io/region"):
@@ -54,7 +56,7 @@ def parse_term(key: str, raw) -> Term:
         negated = raw.startswith("!")
         values = [raw[1:] if negated else raw]
     for value in values:
-        if not value or not VALUE_RE.match(value):
+        if not value or not VALUE_RE.fullmatch(value):
             raise SelectorError(f"{key}: {raw!r}: value {value!r} is not a valid label value "
                                 f"(1-63 of [A-Za-z0-9_.-], alphanumeric at both ends)")
     return Term(key, frozenset(values), negated)

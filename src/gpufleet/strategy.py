@@ -8,12 +8,42 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from . import yamlfile
 from .errors import InputError
+from .selectors import VALUE_RE
 
 PROJECT_STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# fullmatch everywhere: `$` also matches before a trailing newline ("oll\n" would pass and name a unit file).
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# the OpenAI `model` a route answers to: it reaches the Serve config and request routing
+ROUTE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?")
+MAX_TEXT = 4096  # model ids, paths, revisions, descriptions
+
+# Values vLLM 0.32 refuses at start, for the engine arguments the schema knows. Copied (the
+# planner must not import vLLM); tests/test_hostile.py::test_vllm_value_lists_match_vllm
+# compares them with the installed vLLM so a new vLLM's lists cannot drift away unnoticed.
+VLLM_VALUES = {
+    # vllm/config/model.py:99  ModelDType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+    "dtype": ("auto", "half", "float16", "bfloat16", "float", "float32"),
+    # vllm/config/cache.py:39-59  CacheDType = Literal[...] (EngineArgs.kv_cache_dtype: CacheDType)
+    "kv_cache_dtype": ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla",
+                       "nvfp4_ds_mla", "turboquant_k8v4", "turboquant_4bit_nc", "turboquant_k3v4_nc",
+                       "turboquant_3bit_nc", "ultraquant_4bit", "int4_per_token_head", "int8_per_token_head",
+                       "fp8_per_token_head", "nvfp4", "nvfp4_4over6"),
+    # vllm/model_executor/layers/quantization/__init__.py:15-49  QuantizationMethods = Literal[...];
+    # vllm/config/model.py:1451-1455 raises "Unknown quantization method" for any other value, and
+    # :1458-1471 refuses DEPRECATED_QUANTIZATION_METHODS (fbgemm_fp8, fp_quant) unless
+    # allow_deprecated_quantization, which the schema does not know: left out here.
+    "quantization": ("awq", "auto_awq", "fp8", "modelopt", "modelopt_fp4", "modelopt_mxfp8", "modelopt_mixed",
+                     "auto_gptq", "gptq", "gptq_marlin", "awq_marlin", "humming", "compressed-tensors",
+                     "experts_int8", "quark", "moe_wna16", "torchao", "inc", "mxfp4", "gpt_oss_mxfp4",
+                     "deepseek_v4_fp8", "online", "fp8_per_tensor", "fp8_per_block", "fp8_per_channel",
+                     "int8_per_channel_weight_only", "nvfp4_per_token", "mxfp8"),
+    # vllm/tokenizers/registry.py:44-59  _VLLM_TOKENIZERS, plus "auto" (vllm/config/model.py:89-98 TokenizerMode);
+    # TokenizerRegistry.load_tokenizer_cls (registry.py:80) raises for any mode not registered.
+    "tokenizer_mode": ("auto", "cohere", "deepseek_v32", "deepseek_v4", "deepseek_v41", "hf", "inkling",
+                       "kimi_audio", "kimi_k3", "mistral"),
+}
 
 # engine_args the planner reads, with their types; vLLM's defaults are applied by the planner.
 VLLM_ARGS = {
@@ -65,7 +95,16 @@ def strategies_dir(override: str | None = None) -> Path:
 
 
 def list_strategies(directory: str | None = None) -> list[str]:
-    return sorted(p.stem for p in strategies_dir(directory).glob("*.yml"))
+def _folder(directory: str | None) -> Path:
+    folder = strategies_dir(directory)
+    if not folder.is_dir():
+        raise InputError("missing_file", str(folder), "--strategies-dir",
+                         "the strategies folder does not exist" if not folder.exists() else "is not a folder",
+                         "point --strategies-dir (gpufleet_strategies_dir) at a folder of STRATEGY.yml files")
+    return folder
+
+
+    return sorted(p.stem for p in _folder(directory).glob("*.yml"))
 
 
 def _fail(file, where, message, fix):
@@ -73,10 +112,29 @@ def _fail(file, where, message, fix):
 
 
 def _typed(value, kind, file, where):
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(value, file, where, what="text"):
+    """A string that may reach a command line, a unit or a config: bounded, one line, no control characters."""
+    if isinstance(value, str) and (len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+        _fail(file, where, f"must be one line of {what} without control characters, at most {MAX_TEXT} "
+              f"characters; got {_short(value)}", "remove the newline or control character")
+    return value
+
+
     ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else (
         isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
     if not ok:
-        _fail(file, where, f"must be {kind.__name__}, got {value!r}", f"write a {kind.__name__} value")
+        _fail(file, where, f"must be {kind.__name__}, got {_short(value)}", f"write a {kind.__name__} value")
+    if kind is float and not -1e18 < value < 1e18:  # nan, inf, or a number no setting means
+        _fail(file, where, f"must be a finite number, got {_short(value)}", "write a plain number")
+    if kind is int and not -2**53 < value < 2**53:
+        _fail(file, where, f"is out of range: {_short(value)}", "write a realistic integer")
+    if kind is str:
+        _text(value, file, where)
     return float(value) if kind is float else value
 
 
@@ -88,7 +146,7 @@ def _replicas(raw, file, where) -> Replicas:
     if not isinstance(raw, dict):
         _fail(file, where, f"must be a count or a mapping, got {raw!r}",
               "write replicas: 2, or replicas: {min: 1, max: 15, target_ongoing_requests: 5}")
-    unknown = sorted(set(raw) - {"min", "max", "initial", "target_ongoing_requests"})
+    unknown = sorted(map(str, set(raw) - {"min", "max", "initial", "target_ongoing_requests"}))
     if unknown:
         _fail(file, f"{where}.{unknown[0]}", "is not a replicas key", "keys: min, max, initial, target_ongoing_requests")
     low = _typed(raw.get("min", 1), int, file, f"{where}.min")
@@ -115,6 +173,10 @@ def _engine_args(raw, engine, file, where) -> dict:
                   f"known: {', '.join(sorted(known))}")
         args[key] = _typed(value, known[key], file, f"{where}.{key}")
     util = args.get("gpu_memory_utilization")
+        allowed = VLLM_VALUES.get(key) if engine == "vllm" else None
+        if allowed and args[key] not in allowed:
+            _fail(file, f"{where}.{key}", f"{args[key]!r} is not a value vLLM 0.32 accepts; it refuses to start",
+                  f"use one of: {', '.join(allowed)}")
     if util is not None and not 0 < util <= 1:
         _fail(file, f"{where}.gpu_memory_utilization", f"must be in (0, 1], got {util}",
               "it is the fraction of the device's TOTAL memory this instance may use")
@@ -129,19 +191,21 @@ def _service(raw, index, file) -> Service:
     where = f"services[{index}]"
     if not isinstance(raw, dict):
         _fail(file, where, "must be a mapping", "see the strategy schema in README.md")
-    unknown = sorted(set(raw) - SERVICE_KEYS)
+    unknown = sorted(map(str, set(raw) - SERVICE_KEYS))
     if unknown:
         _fail(file, f"{where}.{unknown[0]}", "is not a service key", f"keys: {', '.join(sorted(SERVICE_KEYS))}")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        _fail(file, f"{where}.name", f"must be a lowercase DNS-style name, got {name!r}", "for example medgemma-27b")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        _fail(file, f"{where}.name", f"must be a lowercase DNS-style name (1-63 of a-z, 0-9, -), got {_short(name)}",
+              "for example medgemma-27b")
     where = f"services[{name}]"
     model = raw.get("model")
     if not isinstance(model, str) or not model:
-        _fail(file, f"{where}.model", f"must be a catalog key, got {model!r}", "for example google/medgemma-27b-it")
+        _fail(file, f"{where}.model", f"must be a catalog key, got {_short(model)}", "for example google/medgemma-27b-it")
+    _text(model, file, f"{where}.model", "a catalog key")
     engine = raw.get("engine")
     if engine not in ("vllm", "ollama"):
-        _fail(file, f"{where}.engine", f"must be vllm or ollama, got {engine!r}", "set engine: vllm")
+        _fail(file, f"{where}.engine", f"must be vllm or ollama, got {_short(engine)}", "set engine: vllm")
     args = _engine_args(raw.get("engine_args"), engine, file, f"{where}.engine_args")
     replicas = _replicas(raw.get("replicas", 1), file, f"{where}.replicas")
     placement = raw.get("placement") or {}
@@ -153,8 +217,10 @@ def _service(raw, index, file) -> Service:
         _fail(file, f"{where}.placement.label_selector", "must be a mapping of label key to value",
               'for example {gpufleet.io/host: "!node-0"}')
     host, gpus = placement.get("host"), placement.get("gpus")
-    if host is not None and not isinstance(host, str):
-        _fail(file, f"{where}.placement.host", f"must be an inventory host name, got {host!r}", "for example node-0")
+    if host is not None and (not isinstance(host, str) or not VALUE_RE.fullmatch(host) or not host):
+        _fail(file, f"{where}.placement.host", f"must be an inventory host name (it becomes the Ray label value "
+              f"gpufleet.io/host: 1-63 of [A-Za-z0-9_.-], alphanumeric at both ends), got {_short(host)}",
+              "for example node-0")
     if gpus is not None:
         if engine != "ollama":
             _fail(file, f"{where}.placement.gpus", "pins devices, which only Ollama services can do",
@@ -176,30 +242,37 @@ def _service(raw, index, file) -> Service:
     route = raw.get("route") or {}
     model_name = route.get("model_name", name) if isinstance(route, dict) else None
     if not isinstance(model_name, str) or not model_name or set(route) - {"model_name"}:
-        _fail(file, f"{where}.route", f"must be {{model_name: NAME}}, got {route!r}", "write route: {model_name: medgemma-27b}")
+        _fail(file, f"{where}.route", f"must be {{model_name: NAME}}, got {_short(route)}",
+              "write route: {model_name: medgemma-27b}")
+    if not ROUTE_RE.fullmatch(model_name):
+        _fail(file, f"{where}.route.model_name", f"must be 1-128 of [A-Za-z0-9._:/-], alphanumeric at both ends; "
+              f"got {_short(model_name)}", "for example medgemma-27b")
     source = raw.get("model_source")
     if source is not None and (not isinstance(source, str) or not source):
-        _fail(file, f"{where}.model_source", f"must be a path on the nodes or a hub id, got {source!r}",
+        _fail(file, f"{where}.model_source", f"must be a path on the nodes or a hub id, got {_short(source)}",
               "for example /var/lib/gpufleet/models/smollm2-135m-instruct")
     return Service(name, model, engine, args, replicas, dict(selector), host,
+    _text(source, file, f"{where}.model_source", "a path or hub id")
                    tuple(gpus) if gpus is not None else None, model_name, source)
 
 
 def parse_strategy(data, file: str, expected_name: str | None = None) -> Strategy:
     if not isinstance(data, dict):
         _fail(file, "-", "a strategy file is a mapping with name, description and services", "see README.md")
-    unknown = sorted(set(data) - {"name", "description", "services"})
+    unknown = sorted(map(str, set(data) - {"name", "description", "services"}))
     if unknown:
         _fail(file, unknown[0], "is not a strategy key", "keys: name, description, services")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        _fail(file, "name", f"must be a lowercase DNS-style name, got {name!r}", "for example dedicated-node0")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        _fail(file, "name", f"must be a lowercase DNS-style name (1-63 of a-z, 0-9, -), got {_short(name)}",
+              "for example dedicated-node0")
     if expected_name and name != expected_name:
         _fail(file, "name", f"is {name!r} but the file is {expected_name}.yml", f"set name: {expected_name}")
     description = data.get("description", "")
     if not isinstance(description, str):
         _fail(file, "description", "must be one line of text", "quote it")
     raw_services = data.get("services")
+    _text(description.strip(), file, "description")
     if not isinstance(raw_services, list) or not raw_services:
         _fail(file, "services", "must be a non-empty list", "add at least one service")
     services = tuple(_service(raw, i, file) for i, raw in enumerate(raw_services))
@@ -212,14 +285,16 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
 
 
 def load_strategy(name: str, directory: str | None = None) -> Strategy:
-    folder = strategies_dir(directory)
+    folder = _folder(directory)
+    known = ", ".join(list_strategies(directory)) or "none (the folder holds no *.yml file)"
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        # a plain name, never a path: -s ../x/y must not read a file outside the strategies folder
+        raise InputError("unknown_strategy", str(folder), "strategy",
+                         f"{_short(name)} is not a strategy name (a plain name: 1-63 of a-z, 0-9, -; not a path)",
+                         f"pick one of: {known} (or point --strategies-dir at another folder)")
     path = folder / f"{name}.yml"
     if not path.is_file():
-        known = ", ".join(list_strategies(directory)) or "none"
         raise InputError("unknown_strategy", str(folder), "strategy", f"no strategy named {name!r}",
                          f"pick one of: {known} (or point --strategies-dir elsewhere)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError("malformed_yaml", str(path), "-", f"cannot parse: {exc}", "fix the YAML syntax")
+    data = yamlfile.load_file(path, what="strategy file")
     return parse_strategy(data, str(path), name)
