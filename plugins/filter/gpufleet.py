@@ -2,18 +2,81 @@
 # templates hold no logic. Placement and memory decisions stay in the gpufleet planner.
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 
 try:
+    from gpufleet import ollama_unit as _ollama_unit
     from gpufleet import serve_config as _serve_config
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+    from gpufleet import ollama_unit as _ollama_unit
     from gpufleet import serve_config as _serve_config
 
 NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory_mib")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Words that systemd reads back unchanged without quotes (no quote, backslash, space, specifier
+# or variable); everything else is quoted.
+_PLAIN_WORD_RE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _systemd_escape(value: str, dollar: bool) -> str:
+    out = []
+    for char in value:
+        if char in _C_ESCAPES:
+            out.append(_C_ESCAPES[char])
+        elif ord(char) < 32 or ord(char) == 127:
+            out.append(f"\\x{ord(char):02x}")
+        elif char == "%":
+            out.append("%%")
+        elif char == "$" and dollar:
+            out.append("$$")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def systemd_quote(value) -> str:
+    """One ExecStart= argument, so that the process gets exactly `value` as one argv word.
+
+    systemd (systemd.service(5), "Command lines") splits ExecStart= on whitespace, honours
+    double quotes, C-unescapes backslash sequences, expands specifiers (`%%` is a literal `%`)
+    and, when the process starts, variables (`$$` is a literal `$`). Plain words stay unquoted so
+    that units whose values need no quoting keep their bytes.
+    """
+    value = str(value)
+    if _PLAIN_WORD_RE.fullmatch(value):
+        return value
+    return '"' + _systemd_escape(value, dollar=True) + '"'
+
+
+def systemd_executable(path) -> str:
+    """The command of an ExecStart=/ExecStop= line: an absolute path, quoted when needed.
+
+    systemd refuses quotes and backslashes in it ("Executable name contains special
+    characters") and does not expand variables in it, so those are refused here; `%` is escaped."""
+    path = str(path)
+    if not path.startswith("/") or any(c in path for c in '"\\$') or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise AnsibleFilterError(f"executable {path!r}: systemd needs an absolute path without quotes, "
+                                 "backslashes, $ or control characters")
+    if _PLAIN_WORD_RE.fullmatch(path):
+        return path
+    return '"' + _systemd_escape(path, dollar=False) + '"'
+
+
+def systemd_environment(name, value) -> str:
+    """One Environment= assignment, quoted: `"NAME=value"`.
+
+    systemd C-unescapes and expands specifiers in Environment= (systemd.exec(5)) but does not
+    expand variables there, so `$` is written as it is."""
+    name = str(name)
+    if not ENV_NAME_RE.fullmatch(name):
+        raise AnsibleFilterError(f"environment variable name {name!r} is not [A-Za-z_][A-Za-z0-9_]*")
+    return '"' + _systemd_escape(f"{name}={value}", dollar=False) + '"'
 
 
 def ray_labels(labels: dict) -> str:
@@ -67,8 +130,14 @@ def ollama_units(plan: dict, host: str, gpus: list | None = None, unit_prefix: s
             raise AnsibleFilterError(f"service {service['name']}: GPU {missing} planned on {host} "
                                      f"but nvidia-smi lists {sorted(uuid_by_index)}")
         devices = [uuid_by_index.get(i, str(i)) for i in indices]
-        listen = ollama.get("listen") or "127.0.0.1:11434"
-        environment = {"OLLAMA_HOST": listen, "CUDA_VISIBLE_DEVICES": ",".join(devices) if devices else "-1"}
+        listen = ollama.get("listen")
+        if not listen:
+            raise AnsibleFilterError(f"service {service['name']}: the plan gives no ollama.listen; plan it again")
+        try:
+            environment = _ollama_unit.environment(service)
+        except _ollama_unit.OllamaUnitError as exc:
+            raise AnsibleFilterError(str(exc)) from None
+        environment.update({"OLLAMA_HOST": listen, "CUDA_VISIBLE_DEVICES": ",".join(devices) if devices else "-1"})
         if ollama.get("spread"):
             environment["OLLAMA_SCHED_SPREAD"] = "1"
         units.append({
@@ -123,4 +192,7 @@ class FilterModule:
             "gpufleet_nvidia_smi_gpus": nvidia_smi_gpus,
             "gpufleet_ollama_units": ollama_units,
             "gpufleet_serve_health": serve_health,
+            "gpufleet_systemd_quote": systemd_quote,
+            "gpufleet_systemd_executable": systemd_executable,
+            "gpufleet_systemd_environment": systemd_environment,
         }

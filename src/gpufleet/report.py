@@ -1,7 +1,10 @@
 """The plan as data (JSON, the Ansible fact) and as a table for people."""
 from __future__ import annotations
 
+from . import engine_args as planned_args
 from . import memory as mem
+from . import ollama_unit
+from .catalog import load_catalog
 
 PART_ORDER = ("weights", "kv_cache", "activations", "overhead", "reserved", "cuda_context")
 
@@ -27,7 +30,7 @@ def _ray(sp, devices_by_name) -> dict | None:
             "placement_strategy": "STRICT_PACK"}
 
 
-def _service(sp, devices_by_name) -> dict:
+def _service(sp, devices_by_name, ollama_listen: dict) -> dict:
     s = sp.service
     planned_max = len(sp.placements) if s.replicas.autoscaling else s.replicas.max
     engine_args = dict(s.engine_args)
@@ -35,13 +38,16 @@ def _service(sp, devices_by_name) -> dict:
         engine_args.setdefault("tensor_parallel_size", sp.tp)
         engine_args.setdefault("gpu_memory_utilization", sp.util)
         engine_args.setdefault("max_model_len", sp.max_model_len)
-        engine_args.setdefault("dtype", "bfloat16")
         if sp.model.runner != "generate":
             engine_args.setdefault("runner", sp.model.runner)
+    if sp.model is not None:
+        # Every argument the planner reads, at the value it planned with: the engines get them all.
+        kind = devices_by_name[(sp.placements[0][1], sp.placements[0][2][0])].kind if sp.placements else "gpu"
+        engine_args = planned_args.planned(s.engine, engine_args, sp.model, _engine_constants(), kind)
     ollama = None
     if s.engine == "ollama" and sp.model is not None:
         ollama = {"host": s.host, "gpus": list(s.gpus), "tag": sp.model.ollama_tag,
-                  "listen": "127.0.0.1:11434", "spread": len(s.gpus) > 1}
+                  "listen": ollama_listen[s.name], "spread": len(s.gpus) > 1}
     return {
         "name": s.name, "model": s.model, "engine": s.engine,
         "model_source": s.model_source or s.model,
@@ -67,8 +73,24 @@ def nodes_to_list(cluster) -> list:
             for n in cluster.nodes]
 
 
+def _engine_constants() -> dict:
+    """The catalog's engine constants (max_num_seqs, block_size, ...) that the planner's defaults
+    come from. The Plan does not record the catalog it was made with, so these are the built-in
+    catalog's: a --catalog file that overrides engines.* is sized with its values but the plan
+    carries the built-in ones (until the planner hands its constants to the Plan)."""
+    global _ENGINES
+    if _ENGINES is None:
+        _ENGINES = load_catalog().engines
+    return _ENGINES
+
+
+_ENGINES: dict | None = None
+
+
 def plan_to_dict(plan) -> dict:
     devices_by_name = {(d.host, d.index): d for d in plan.devices}
+    ollama_listen = ollama_unit.listen_addresses(
+        [(sp.name, sp.service.host) for sp in plan.services if sp.service.engine == "ollama" and sp.model is not None])
     return {
         "strategy": plan.strategy.name,
         "description": plan.strategy.description,
@@ -77,7 +99,7 @@ def plan_to_dict(plan) -> dict:
         "errors": [f.to_dict() for f in plan.errors],
         "warnings": [f.to_dict() for f in plan.warnings],
         "nodes": nodes_to_list(plan.cluster),
-        "services": [_service(sp, devices_by_name) for sp in plan.services],
+        "services": [_service(sp, devices_by_name, ollama_listen) for sp in plan.services],
         "gpus": [{"host": d.host, "index": d.index, "kind": d.kind, "memory_mib": d.memory_mib,
                   "planned_mib": round(d.used_mib),
                   "allocations": [{"service": a.service, "replica": a.replica, "mib": round(a.mib),

@@ -21,6 +21,8 @@ rewrites "A10" to "A10G", which on-prem A10 nodes never advertise.
 """
 from __future__ import annotations
 
+from . import engine_args as planned_args
+
 APP_NAME = "gpufleet"
 APP_MODULE = "gpufleet_serve_app"
 IMPORT_PATH = f"{APP_MODULE}:build_app"
@@ -81,6 +83,13 @@ def _llm_config(service: dict, env_vars: dict) -> dict:
     if not ray or not ray.get("bundles"):
         raise ServeConfigError(f"service {name!r}: a vLLM service needs ray.bundles in the plan")
     engine_args = dict(service.get("engine_args") or {})
+    # The plan holds every argument the planner read at the value it planned with; ray.serve.llm
+    # and vLLM would fill a missing one with their own default (max_num_seqs differs, for one).
+    kind = "gpu" if any(b.get("GPU") for b in ray["bundles"]) else "cpu"
+    missing = [a for a in planned_args.passed("vllm", kind) if a not in engine_args]
+    if missing:
+        raise ServeConfigError(f"service {name!r}: the plan lacks engine_args {', '.join(missing)}; "
+                               "plan it again with this gpufleet")
     if "accelerator_type" in engine_args:
         raise ServeConfigError(f"service {name!r}: accelerator_type is not an engine argument; "
                                "select nodes with labels (ray.io/accelerator-type) instead")

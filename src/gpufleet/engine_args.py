@@ -1,0 +1,75 @@
+"""The engine arguments the planner reads, and the value it assumes when a strategy omits one.
+
+One table per engine. The plan carries every one of these arguments with the value the planner
+sized with (report.py fills the omitted ones from here), so that what the plan says is what the
+engine runs with: the Serve config passes a vLLM service's `engine_args` as `engine_kwargs`
+(ray.serve.llm's and vLLM's own defaults differ from the planner's, max_num_seqs for one), and
+an Ollama unit gets them as its server's environment (gpufleet.ollama_unit).
+
+tests/test_engine_args.py reads planner.py and fails when the planner reads an engine argument
+that is missing here or assumes another default for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .memory import VLLM_DEFAULT_UTILIZATION
+
+
+@dataclass(frozen=True)
+class EngineConstant:
+    """A default the planner takes from the catalog's `engines.<engine>` constants."""
+    key: str
+    fallback: object
+
+
+# The model's context length (catalog `max_context`).
+MODEL_CONTEXT = "model.max_context"
+
+VLLM = {
+    "tensor_parallel_size": 1,
+    "gpu_memory_utilization": VLLM_DEFAULT_UTILIZATION,
+    "max_model_len": MODEL_CONTEXT,
+    "dtype": "bfloat16",
+    "kv_cache_dtype": "auto",
+    "enforce_eager": False,
+    "max_num_batched_tokens": EngineConstant("max_num_batched_tokens", 2048),
+    "max_num_seqs": EngineConstant("max_num_seqs", 256),
+    "block_size": EngineConstant("block_size", 16),
+}
+OLLAMA = {
+    "context_length": EngineConstant("context_length", 4096),
+    "num_parallel": EngineConstant("num_parallel", 1),
+    "kv_cache_type": "f16",
+}
+PLANNED = {"vllm": VLLM, "ollama": OLLAMA}
+# Passed to vLLM only for replicas on GPUs: vLLM's CPU backend runs kernel blocks of a multiple of
+# 32 tokens and cannot start with 16 (it picks 128 when none is given). The planner sizes CPU
+# replicas with block_size 16 as well, so their KV-token figure is approximate.
+GPU_ONLY = frozenset({"block_size"})
+
+
+def default(engine: str, name: str, model=None, engines: dict | None = None):
+    """The value the planner assumes for `name` when the strategy omits it."""
+    rule = PLANNED[engine][name]
+    if isinstance(rule, EngineConstant):
+        return (engines or {}).get(engine, {}).get(rule.key, rule.fallback)
+    if rule == MODEL_CONTEXT:
+        return model.max_context
+    return rule
+
+
+def passed(engine: str, device_kind: str = "gpu") -> list:
+    """The planned arguments the engine is started with on a device of this kind."""
+    return [name for name in PLANNED.get(engine, {}) if device_kind == "gpu" or name not in GPU_ONLY]
+
+
+def planned(engine: str, engine_args: dict, model=None, engines: dict | None = None,
+            device_kind: str = "gpu") -> dict:
+    """The strategy's engine_args with every argument the planner reads, omitted ones at the
+    planner's default. Arguments the planner does not read pass through unchanged."""
+    args = dict(engine_args)
+    for name in passed(engine, device_kind):
+        if name not in args:
+            args[name] = default(engine, name, model, engines)
+    return args
