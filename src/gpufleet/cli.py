@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     strategies = commands.add_parser("strategies", help="list strategies with their verdict on an inventory",
                                      epilog="example: gpufleet strategies -i inventory/production")
     _add_common(strategies)
+    render = commands.add_parser("render", help="write every file a strategy would install into a local folder; "
+                                 "touches no host", epilog="example: gpufleet render -i inventory/production "
+                                 "-s dedicated-node0 -o build/render")
+    _add_common(render)
+    render.add_argument("-s", "--strategy", required=True, help="strategy name (a file STRATEGY.yml)")
+    render.add_argument("-o", "--output", metavar="DIR", default=None,
+                        help="folder to render into (default: ./build/render/STRATEGY)")
     _add_cluster_commands(commands)
     return parser
 
@@ -256,18 +263,17 @@ def _add_cluster_commands(commands) -> None:
 
 
 def _parse_extra_vars(items: list) -> dict:
-    import yaml
+    from . import yamlfile
 
     result: dict = {}
     for item in items:
         if item.startswith("@"):
             path = item[1:]
             try:
-                with open(path) as handle:
-                    data = yaml.safe_load(handle)
-            except (OSError, yaml.YAMLError) as exc:
-                raise InputError("invalid_extra_vars", path, "-e", f"cannot read: {exc}",
-                                 "give a readable YAML or JSON file of variables") from None
+                data = yamlfile.load_file(path, what="variables file")
+            except InputError as exc:  # duplicate keys, alias bombs, binary: refused like any input file
+                raise InputError("invalid_extra_vars", path, f"-e {exc.field}", f"cannot read: [{exc.code}] {exc.message}",
+                                 exc.fix or "give a readable YAML or JSON file of variables") from None
             if not isinstance(data, dict):
                 raise InputError("invalid_extra_vars", path, "-e", "is not a mapping of variables",
                                  "write KEY: VALUE lines")
@@ -305,9 +311,10 @@ def _keep_runs() -> int:
 
 def _read_head(inventory: str, tags: str, action: str, limit: str | None = None, user_vars: dict | None = None):
     """Run playbooks/status.yml quietly (progress to stderr only on failure); the RunResult."""
-    from .runner import PROJECT_DIR, run_playbook
+    from .content import playbook
+    from .runner import run_playbook
 
-    return run_playbook(PROJECT_DIR / "playbooks" / "status.yml", inventory, action=action, tags=tags,
+    return run_playbook(playbook("status.yml"), inventory, action=action, tags=tags,
                         limit=limit, keep=_keep_runs(), out=sys.stderr, quiet_progress=True,
                         user_extravars=user_vars)
 
@@ -512,11 +519,40 @@ def cmd_rollback(args) -> int:
     return cmd_apply(args, rollback_from=previous)
 
 
+def cmd_render(args) -> int:
+    """The Serve module and config, every node's Ray unit and every Ollama unit, rendered by the
+    roles' own templates from the plan this command shows (playbooks/render.yml, localhost only)."""
+    import tempfile
+    from pathlib import Path
+
+    from .api import write_plan_file
+    from .content import playbook
+    from .runner import run_playbook
+
+    data = _plan(args, args.strategy)
+    if not data["feasible"]:
+        from .report import format_table
+        print(format_table(data), file=sys.stderr)
+        return EXIT_INFEASIBLE
+    output = Path(args.output or Path("build") / "render" / args.strategy).resolve()
+    with tempfile.TemporaryDirectory(prefix="gpufleet-plan-") as folder:
+        plan_file = str(Path(folder) / "plan.json")
+        write_plan_file(data, plan_file)
+        result = run_playbook(playbook("render.yml"), args.inventory, action="render", quiet_progress=True,
+                              extravars={"gpufleet_plan_file": plan_file, "gpufleet_render_dir": str(output)})
+    if not result.ok:
+        _print_failures(result)
+        return EXIT_FAILED
+    for path in sorted(p for p in output.rglob("*") if p.is_file()):
+        print(path)
+    return EXIT_OK
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"plan": cmd_plan, "strategies": cmd_strategies, "apply": cmd_apply, "status": cmd_status,
-                "diff": cmd_diff, "rollback": cmd_rollback}[args.command](args)
+                "diff": cmd_diff, "rollback": cmd_rollback, "render": cmd_render}[args.command](args)
     except InputError as exc:
         print(f"gpufleet: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -34,8 +34,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-SITE_PLAYBOOK = PROJECT_DIR / "playbooks" / "site.yml"
+from . import content
+
+PROJECT_DIR = content.root()
+SITE_PLAYBOOK = content.playbook("site.yml")
 DEFAULT_KEEP_RUNS = 20
 REDACTED = "********"
 

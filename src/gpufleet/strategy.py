@@ -8,11 +8,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import yamlfile
+from . import content, yamlfile
 from .errors import InputError
 from .selectors import VALUE_RE
 
-PROJECT_STRATEGIES = Path(__file__).resolve().parents[2] / "strategies"
+PROJECT_STRATEGIES = content.root() / "strategies"
 # fullmatch everywhere: `$` also matches before a trailing newline ("oll\n" would pass and name a unit file).
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # the OpenAI `model` a route answers to: it reaches the Serve config and request routing
@@ -49,6 +49,7 @@ VLLM_VALUES = {
 VLLM_ARGS = {
     "tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int, "dtype": str,
     "enforce_eager": bool, "max_num_batched_tokens": int, "max_num_seqs": int, "kv_cache_dtype": str,
+    "async_scheduling": bool,  # vLLM's default (None) turns it on on GPUs: memory.max_concurrent_batches
     # passed through to vLLM untouched
     "trust_remote_code": bool, "enable_lora": bool, "enable_prefix_caching": bool,
     "enable_chunked_prefill": bool, "seed": int, "quantization": str, "revision": str,
@@ -94,7 +95,6 @@ def strategies_dir(override: str | None = None) -> Path:
     return Path(override) if override else PROJECT_STRATEGIES
 
 
-def list_strategies(directory: str | None = None) -> list[str]:
 def _folder(directory: str | None) -> Path:
     folder = strategies_dir(directory)
     if not folder.is_dir():
@@ -104,6 +104,7 @@ def _folder(directory: str | None) -> Path:
     return folder
 
 
+def list_strategies(directory: str | None = None) -> list[str]:
     return sorted(p.stem for p in _folder(directory).glob("*.yml"))
 
 
@@ -111,7 +112,6 @@ def _fail(file, where, message, fix):
     raise InputError("invalid_field", file, where, message, fix)
 
 
-def _typed(value, kind, file, where):
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -125,6 +125,7 @@ def _text(value, file, where, what="text"):
     return value
 
 
+def _typed(value, kind, file, where):
     ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else (
         isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
     if not ok:
@@ -172,11 +173,11 @@ def _engine_args(raw, engine, file, where) -> dict:
             _fail(file, f"{where}.{key}", f"is not an engine argument gpufleet knows for {engine}",
                   f"known: {', '.join(sorted(known))}")
         args[key] = _typed(value, known[key], file, f"{where}.{key}")
-    util = args.get("gpu_memory_utilization")
         allowed = VLLM_VALUES.get(key) if engine == "vllm" else None
         if allowed and args[key] not in allowed:
             _fail(file, f"{where}.{key}", f"{args[key]!r} is not a value vLLM 0.32 accepts; it refuses to start",
                   f"use one of: {', '.join(allowed)}")
+    util = args.get("gpu_memory_utilization")
     if util is not None and not 0 < util <= 1:
         _fail(file, f"{where}.gpu_memory_utilization", f"must be in (0, 1], got {util}",
               "it is the fraction of the device's TOTAL memory this instance may use")
@@ -251,8 +252,8 @@ def _service(raw, index, file) -> Service:
     if source is not None and (not isinstance(source, str) or not source):
         _fail(file, f"{where}.model_source", f"must be a path on the nodes or a hub id, got {_short(source)}",
               "for example /var/lib/gpufleet/models/smollm2-135m-instruct")
-    return Service(name, model, engine, args, replicas, dict(selector), host,
     _text(source, file, f"{where}.model_source", "a path or hub id")
+    return Service(name, model, engine, args, replicas, dict(selector), host,
                    tuple(gpus) if gpus is not None else None, model_name, source)
 
 
@@ -271,8 +272,8 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
     description = data.get("description", "")
     if not isinstance(description, str):
         _fail(file, "description", "must be one line of text", "quote it")
-    raw_services = data.get("services")
     _text(description.strip(), file, "description")
+    raw_services = data.get("services")
     if not isinstance(raw_services, list) or not raw_services:
         _fail(file, "services", "must be a non-empty list", "add at least one service")
     services = tuple(_service(raw, i, file) for i, raw in enumerate(raw_services))
