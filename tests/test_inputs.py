@@ -8,6 +8,7 @@ Strategies and inventories are written into tmp_path; inventories use 127.0.0.x 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -268,12 +269,13 @@ def test_weights_do_not_fit(capsys, tmp_path, inventory):
     assert (e["service"], e["gpu"]) == ("m", "node-0:0")
     assert e["field"] == "services[m].engine_args.gpu_memory_utilization"
     assert f"weights need {54.9e9 / MIB:.0f} MiB per device" in e["message"]        # 52357, TP 1
-    assert f"gives {0.95 * 23028:.0f} MiB" in e["message"]                           # 21877
-    assert e["fix"] == "use tensor_parallel_size 4"     # 52357 / 2 = 26178 > 21877; / 4 = 13089 fits
+    # the budget: ceil(0.95 x (23028 - 513 reserved) MiB) = 21389.25 (catalog gpus.A10.reserved_mib)
+    assert f"0.95 x 22515 MiB gives {math.ceil(0.95 * 22515 * MIB) / MIB:.0f} MiB" in e["message"]   # 21389
+    assert e["fix"] == "use tensor_parallel_size 4"     # 52357 / 2 = 26178 > 21389; / 4 = 13089 fits
 
 
 def test_kv_cache_too_small_for_one_sequence(capsys, tmp_path, inventory):
-    # Qwen3-0.6B at 0.12 of an A10, eager: 2763 - 1144 - 188 - 256 = 1175 MiB of KV;
+    # Qwen3-0.6B at 0.12 of an A10's 22515 usable MiB, eager: 2702 - 1144 - 411 - 256 = 890 MiB of KV;
     # one 40960-token sequence: 28 layers x ceil(40960 / 16) pages x 16 x (2 x 8 x 128 x 2) B = 4480 MiB
     strategies = write_strategy(tmp_path, [vllm(engine_args={"gpu_memory_utilization": 0.12,
                                                              "max_model_len": 40960})])
@@ -286,7 +288,9 @@ def test_kv_cache_too_small_for_one_sequence(capsys, tmp_path, inventory):
     need = (28 * (40960 // 16) + 28) * 16 * (2 * 8 * 128 * 2) / MIB
     assert round(need) == 4482
     assert "one 40960-token sequence needs 4482 MiB of KV cache per device" in e["message"]
-    kv = 0.12 * 23028 - 1.2e9 / MIB - (2048 * (4 * 1024 + 2 * 3072) * 2 + 256 * 151936 * 4) / MIB - 256
+    # activations on a GPU: the 2048-token batch + 256 x vocab logits (bf16) and 2 float32 sampler tensors
+    kv = (math.ceil(0.12 * 22515 * MIB) / MIB - 1.2e9 / MIB
+          - (2048 * (4 * 1024 + 2 * 3072) * 2 + 256 * 151936 * (2 + 2 * 4)) / MIB - 256)
     assert f"leaves {kv:.0f} MiB" in e["message"]
     # the longest fitting length: whole blocks of 28 pages x 65536 B, less the null block
     longest = (int(kv * MIB) // (28 * 16 * 2 * 8 * 128 * 2) - 1) * 16
@@ -308,7 +312,8 @@ def test_utilization_overcommit_names_the_shares(capsys, tmp_path, inventory):
     assert e["service"] == "a, b"
     assert e["field"] == "engine_args.gpu_memory_utilization"
     assert "sums to 1.20" in e["message"]
-    assert f"need {2 * (0.6 * 23028 + 512):.0f} MiB on a 23028 MiB device" in e["message"]   # 28658
+    need = 2 * (math.ceil(0.6 * 22515 * MIB) / MIB + 512)     # shares of the usable 23028 - 513 MiB
+    assert f"need {need:.0f} MiB on a 22515 MiB device" in e["message"]   # 28042
 
 
 def test_replicas_exceed_capacity(capsys, tmp_path, inventory):

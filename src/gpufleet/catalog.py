@@ -35,6 +35,11 @@ class Model:
     ollama_tag: str | None = None
     size_bytes: int = 0
     base: str | None = None
+    # vision tower (multimodal models): what vLLM's profile run pushes through the encoder
+    vision_hidden_size: int = 0
+    vision_intermediate_size: int = 0
+    vision_patches_per_item: int = 0   # encoder positions of one image of the largest size
+    vision_tokens_per_item: int = 0    # decoder tokens that image becomes
 
     @property
     def full_layers(self) -> int:
@@ -46,9 +51,19 @@ class Catalog:
     models: dict
     engines: dict
     sources: tuple
+    gpus: dict = field(default_factory=dict)  # GPU model -> {reserved_mib: ...} (catalog `gpus:`)
 
     def get(self, key: str) -> Model | None:
         return self.models.get(key)
+
+    def reserved_mib(self, gpu_model: str | None, memory_mib: int) -> int:
+        """Memory the driver keeps out of CUDA's reach on one GPU (nvidia-smi memory.reserved):
+        the catalog's figure for the model, else the A10's measured share of memory.total (README)."""
+        known = (self.gpus.get(gpu_model) or {}).get("reserved_mib")
+        if known is not None:
+            return int(known)
+        share = self.gpus.get("default", {}).get("reserved_share", 0)
+        return -(-int(memory_mib * share * 1_000_000) // 1_000_000) if share else 0
 
     def architecture(self, model: Model) -> Model:
         """The HF entry that describes a model's layers (a GGUF build points to its base)."""
@@ -99,8 +114,14 @@ def load_catalog(extra_files=()) -> Catalog:
     builtin = resources.files("gpufleet").joinpath(BUILTIN_CATALOG)
     layers = [(str(builtin), _read_yaml(builtin, builtin.read_text()))]
     layers += [(str(p), _read_yaml(p)) for p in extra_files]
-    models, engines = {}, {}
+    models, engines, gpus = {}, {}, {}
     for source, data in layers:
+        for gpu, facts in (data.get("gpus") or {}).items():
+            if not isinstance(facts, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                                                  for v in facts.values()):
+                raise InputError("invalid_field", source, f"gpus.{gpu}", "must map fact names to numbers >= 0",
+                                 "for example gpus: {A10: {reserved_mib: 513}}")
+            gpus.setdefault(str(gpu), {}).update(facts)
         for key, entry in (data.get("models") or {}).items():
             models[key] = _model(str(key), entry, source)
         for engine, constants in (data.get("engines") or {}).items():
@@ -109,4 +130,4 @@ def load_catalog(extra_files=()) -> Catalog:
         if model.base and model.base not in models:
             raise InputError("unknown_model", model.key, "base", f"base model {model.base!r} is not in the catalog",
                              "add the base model's HF entry (its layers size the KV cache)")
-    return Catalog(models=models, engines=engines, sources=tuple(s for s, _ in layers))
+    return Catalog(models=models, engines=engines, sources=tuple(s for s, _ in layers), gpus=gpus)

@@ -26,6 +26,9 @@ class Node:
     cpus: int | None
     cpu_memory_mib: int
     labels: dict = field(default_factory=dict)  # what `ray start --labels` gets
+    # gpufleet_gpus.reserved_mib: what the driver keeps from CUDA per GPU (nvidia-smi memory.reserved);
+    # None: the catalog's default for gpu_model (catalog.yml `gpus:`)
+    gpu_reserved_mib: int | None = None
 
     @property
     def match_labels(self) -> dict:
@@ -91,10 +94,10 @@ def _node(host: str, group: str, hv: dict, source: str) -> Node:
     fix_gpus = "declare gpufleet_gpus: {count: 4, model: A10, memory_mib: 23028} (or {count: 0}) in host or group vars"
     if not isinstance(gpus, dict):
         raise InputError("invalid_field", source, f"{host}.gpufleet_gpus", f"is missing or not a mapping ({gpus!r})", fix_gpus)
-    unknown = sorted(map(str, set(gpus) - {"count", "model", "memory_mib"}))
+    unknown = sorted(map(str, set(gpus) - {"count", "model", "memory_mib", "reserved_mib"}))
     if unknown:
         raise InputError("invalid_field", source, f"{host}.gpufleet_gpus.{unknown[0]}", "is not a known key",
-                         "keys are count, model, memory_mib")
+                         "keys are count, model, memory_mib, reserved_mib")
     count = _int(gpus.get("count"), source, f"{host}.gpufleet_gpus.count", fix_gpus, maximum=64)
     model, memory = gpus.get("model"), 0
     if count:
@@ -130,7 +133,13 @@ def _node(host: str, group: str, hv: dict, source: str) -> Node:
                              "a string of up to 63 [A-Za-z0-9_.-], alphanumeric at both ends")
     labels.update(extra)
     address = _address(host, hv, source)
-    return Node(host, group, address, count, model if count else None, memory, cpus, cpu_memory, labels)
+    reserved = gpus.get("reserved_mib")
+    if reserved is not None:
+        reserved = _int(reserved, source, f"{host}.gpufleet_gpus.reserved_mib",
+                        "give nvidia-smi's memory.reserved per GPU in MiB, or omit it for the catalog's default",
+                        maximum=max(memory - 1, 0))
+    return Node(host, group, address, count, model if count else None, memory, cpus, cpu_memory, labels,
+                gpu_reserved_mib=reserved if count else None)
 
 
 def _unique_addresses(nodes, source: str) -> None:

