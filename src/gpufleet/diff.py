@@ -58,6 +58,9 @@ def _service_changes(before: dict, after: dict) -> tuple[list, list]:
     if (before.get("route") or {}) != (after.get("route") or {}):
         resized.append(f"route {(before.get('route') or {}).get('model_name')} -> "
                        f"{(after.get('route') or {}).get('model_name')}")
+    b_listen, a_listen = (before.get("ollama") or {}).get("listen"), (after.get("ollama") or {}).get("listen")
+    if b_listen and a_listen and b_listen != a_listen:  # an Ollama server's port: its unit and its clients change
+        resized.append(f"listen {b_listen} -> {a_listen}")
     b_ray, a_ray = before.get("ray") or {}, after.get("ray") or {}
     if b_ray.get("bundles") != a_ray.get("bundles") and not any(r.startswith("tensor_parallel") for r in resized):
         resized.append(f"bundles {b_ray.get('bundles')} -> {a_ray.get('bundles')}")

@@ -20,6 +20,8 @@ except ImportError:  # serve_config names them; the same literals otherwise
     APP_NAME, LLM_DEPLOYMENT_PREFIX = "gpufleet", "LLMServer:"
 
 HOST_LABEL = "gpufleet.io/host"
+# Ray: an application is RUNNING while its deployments are "healthy or autoscaling".
+SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")
 # nvidia-smi and the planner never agree to the MiB: drift starts above this margin.
 MEMORY_TOLERANCE_MIB, MEMORY_TOLERANCE_SHARE = 512, 0.05
 
@@ -105,7 +107,7 @@ def compute_drift(plan: dict, nodes: list | None, apps: dict | None, hosts: dict
                                           host=planned["host"]))
 
     vllm = [s for s in plan.get("services") or [] if s.get("engine") == "vllm"]
-    if apps is not None and vllm:
+    if apps is not None and (vllm or APP_NAME in apps):
         app = apps.get(APP_NAME)
         if app is None:
             drift.append(_finding("app_missing", f"Serve has no application {APP_NAME!r}"))
@@ -116,13 +118,14 @@ def compute_drift(plan: dict, nodes: list | None, apps: dict | None, hosts: dict
             planned_deps = {LLM_DEPLOYMENT_PREFIX + s["name"]: s for s in vllm}
             for dname, dep in (app.get("deployments") or {}).items():
                 if dname.startswith(LLM_DEPLOYMENT_PREFIX) and dname not in planned_deps:
-                    drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan"))
+                    drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan",
+                                          service=dname[len(LLM_DEPLOYMENT_PREFIX):]))
             for dname, service in planned_deps.items():
                 dep = (app.get("deployments") or {}).get(dname)
                 if dep is None:
                     drift.append(_finding("service_missing", f"no deployment {dname}", service=service["name"]))
                     continue
-                if dep.get("status") != "HEALTHY":
+                if dep.get("status") not in SERVING:
                     drift.append(_finding("deployment_unhealthy", f"{dep.get('status')}: {dep.get('message') or ''}".strip(),
                                           service=service["name"]))
                 running = [r for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"]
@@ -153,20 +156,29 @@ def compute_drift(plan: dict, nodes: list | None, apps: dict | None, hosts: dict
         for unit in info["units"]:
             if unit["unit"].startswith("ray-") and unit["active"] != "active" and unit["load"] == "loaded":
                 drift.append(_finding("ray_unit_inactive", f"{unit['unit']} is {unit['active']} ({unit['sub']})", host=host))
+    ollama = [s["name"] for s in plan.get("services") or [] if s.get("engine") == "ollama"]
     for service in plan.get("services") or []:
         if service.get("engine") != "ollama" or not service.get("ollama"):
             continue
         host = service["ollama"].get("host")
         if host not in hosts:
             continue
-        units = [u for u in hosts[host]["units"] if "ollama" in u["unit"]]
-        mine = [u for u in units if service["name"] in u["unit"]] or units
+        mine = [u for u in hosts[host]["units"] if _ollama_unit_owner(u["unit"], ollama) == service["name"]]
         if not mine:
             drift.append(_finding("ollama_unit_missing", "no Ollama unit on the host", service=service["name"], host=host))
         elif not any(u["active"] == "active" for u in mine):
             drift.append(_finding("ollama_unit_inactive", ", ".join(f"{u['unit']} is {u['active']}" for u in mine),
                                   service=service["name"], host=host))
     return drift
+
+
+def _ollama_unit_owner(unit: str, services: list) -> str | None:
+    """The Ollama service whose unit this is: `<prefix><service>.service` (the ollama role's
+    ollama_unit_prefix, gpufleet-ollama- by default), the longest name if several end it."""
+    if "ollama" not in unit:
+        return None
+    names = [s for s in services if unit == f"{s}.service" or unit.endswith((f"-{s}.service", f"_{s}.service"))]
+    return max(names, key=len, default=None)
 
 
 def format_status(data: dict) -> str:
