@@ -83,87 +83,129 @@ def build_status(stats_data: dict, applied: dict | None) -> dict:
 
 
 def compute_drift(plan: dict, nodes: list | None, apps: dict | None, hosts: dict) -> list:
+    """Every finding, in this order: Ray nodes, Serve, GPU memory, systemd units. `nodes` or
+    `apps` is None when the probe could not read it: that part is not judged."""
     drift = []
     if nodes is not None:
-        by_host = {}
-        for n in nodes:
-            host = (n.get("labels") or {}).get(HOST_LABEL)
-            if host and (host not in by_host or str(n.get("state")) == "ALIVE"):
-                by_host[host] = n
-        for planned in plan.get("nodes") or []:
-            live = by_host.get(planned["host"])
-            if live is None:
-                drift.append(_finding("node_missing", "not in the Ray cluster (or it lacks its gpufleet.io/host label)",
-                                      host=planned["host"]))
-                continue
-            if str(live.get("state")) != "ALIVE":
-                drift.append(_finding("node_dead", f"Ray lists it {live.get('state')}", host=planned["host"]))
-            labels = live.get("labels") or {}
-            for key, value in (planned.get("labels") or {}).items():
-                if key not in labels:
-                    drift.append(_finding("label_missing", f"label {key}={value} is missing", host=planned["host"]))
-                elif labels[key] != value:
-                    drift.append(_finding("label_mismatch", f"label {key} is {labels[key]!r}, planned {value!r}",
-                                          host=planned["host"]))
+        drift += node_drift(plan, nodes)
+    if apps is not None:
+        drift += serve_drift(plan, apps)
+    return drift + memory_drift(plan, hosts) + ray_unit_drift(hosts) + ollama_unit_drift(plan, hosts)
 
+
+def _live_nodes(nodes: list) -> dict:
+    """Inventory host -> its Ray node, by the identity label; a restarted raylet's ALIVE entry
+    wins over the DEAD one Ray keeps."""
+    by_host = {}
+    for n in nodes:
+        host = (n.get("labels") or {}).get(HOST_LABEL)
+        if host and (host not in by_host or str(n.get("state")) == "ALIVE"):
+            by_host[host] = n
+    return by_host
+
+
+def node_drift(plan: dict, nodes: list) -> list:
+    """node_missing, node_dead, label_missing, label_mismatch."""
+    drift = []
+    by_host = _live_nodes(nodes)
+    for planned in plan.get("nodes") or []:
+        host = planned["host"]
+        live = by_host.get(host)
+        if live is None:
+            drift.append(_finding("node_missing", "not in the Ray cluster (or it lacks its gpufleet.io/host label)",
+                                  host=host))
+            continue
+        if str(live.get("state")) != "ALIVE":
+            drift.append(_finding("node_dead", f"Ray lists it {live.get('state')}", host=host))
+        labels = live.get("labels") or {}
+        for key, value in (planned.get("labels") or {}).items():
+            if key not in labels:
+                drift.append(_finding("label_missing", f"label {key}={value} is missing", host=host))
+            elif labels[key] != value:
+                drift.append(_finding("label_mismatch", f"label {key} is {labels[key]!r}, planned {value!r}", host=host))
+    return drift
+
+
+def serve_drift(plan: dict, apps: dict) -> list:
+    """app_missing, app_unhealthy, service_unexpected, then per planned vLLM service
+    service_missing or its deployment's drift. Without vLLM services, only a leftover gpufleet
+    application is drift."""
     vllm = [s for s in plan.get("services") or [] if s.get("engine") == "vllm"]
-    if apps is not None and (vllm or APP_NAME in apps):
-        app = apps.get(APP_NAME)
-        if app is None:
-            drift.append(_finding("app_missing", f"Serve has no application {APP_NAME!r}"))
+    app = apps.get(APP_NAME)
+    if not vllm and app is None:
+        return []
+    if app is None:
+        return [_finding("app_missing", f"Serve has no application {APP_NAME!r}")]
+    drift = []
+    if app.get("status") != "RUNNING":
+        drift.append(_finding("app_unhealthy", f"application {APP_NAME} is {app.get('status')}: "
+                              f"{app.get('message') or 'no message'}"))
+    deployments = app.get("deployments") or {}
+    planned = {LLM_DEPLOYMENT_PREFIX + s["name"]: s for s in vllm}
+    for dname in deployments:
+        if dname.startswith(LLM_DEPLOYMENT_PREFIX) and dname not in planned:
+            drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan",
+                                  service=dname[len(LLM_DEPLOYMENT_PREFIX):]))
+    for dname, service in planned.items():
+        if dname not in deployments:
+            drift.append(_finding("service_missing", f"no deployment {dname}", service=service["name"]))
         else:
-            if app.get("status") != "RUNNING":
-                drift.append(_finding("app_unhealthy", f"application {APP_NAME} is {app.get('status')}: "
-                                      f"{app.get('message') or 'no message'}"))
-            planned_deps = {LLM_DEPLOYMENT_PREFIX + s["name"]: s for s in vllm}
-            for dname, dep in (app.get("deployments") or {}).items():
-                if dname.startswith(LLM_DEPLOYMENT_PREFIX) and dname not in planned_deps:
-                    drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan",
-                                          service=dname[len(LLM_DEPLOYMENT_PREFIX):]))
-            for dname, service in planned_deps.items():
-                dep = (app.get("deployments") or {}).get(dname)
-                if dep is None:
-                    drift.append(_finding("service_missing", f"no deployment {dname}", service=service["name"]))
-                    continue
-                if dep.get("status") not in SERVING:
-                    drift.append(_finding("deployment_unhealthy", f"{dep.get('status')}: {dep.get('message') or ''}".strip(),
-                                          service=service["name"]))
-                running = [r for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"]
-                minimum = (service.get("replicas") or {}).get("min") or 0
-                if len(running) < minimum:
-                    drift.append(_finding("replicas_missing", f"{len(running)} running, the plan wants at least {minimum}",
-                                          service=service["name"]))
-                allowed = {p["host"] for p in service.get("placements") or []}
-                for r in running:
-                    if allowed and r.get("host") not in allowed:
-                        drift.append(_finding("replica_misplaced",
-                                              f"replica {r.get('replica_id')} runs on {r.get('host')}, "
-                                              f"planned on {', '.join(sorted(allowed))}",
-                                              service=service["name"], host=r.get("host")))
+            drift += deployment_drift(service, deployments[dname])
+    return drift
 
+
+def deployment_drift(service: dict, dep: dict) -> list:
+    """deployment_unhealthy, replicas_missing, replica_misplaced: one planned vLLM service's deployment."""
+    name, drift = service["name"], []
+    if dep.get("status") not in SERVING:
+        drift.append(_finding("deployment_unhealthy", f"{dep.get('status')}: {dep.get('message') or ''}".strip(),
+                              service=name))
+    running = [r for r in dep.get("replicas") or [] if r.get("state") == "RUNNING"]
+    minimum = (service.get("replicas") or {}).get("min") or 0
+    if len(running) < minimum:
+        drift.append(_finding("replicas_missing", f"{len(running)} running, the plan wants at least {minimum}",
+                              service=name))
+    allowed = {p["host"] for p in service.get("placements") or []}
+    for r in running:
+        if allowed and r.get("host") not in allowed:
+            drift.append(_finding("replica_misplaced", f"replica {r.get('replica_id')} runs on {r.get('host')}, "
+                                  f"planned on {', '.join(sorted(allowed))}", service=name, host=r.get("host")))
+    return drift
+
+
+def memory_drift(plan: dict, hosts: dict) -> list:
+    """memory_above_plan: a GPU nvidia-smi reads uses more than planned, beyond the tolerance."""
+    drift = []
     for g in plan.get("gpus") or []:
         if g.get("kind", "gpu") != "gpu":
             continue
         live = next((x for x in (hosts.get(g["host"]) or {}).get("gpus") or [] if x["index"] == g["index"]), None)
         if live is None:
             continue
-        margin = max(MEMORY_TOLERANCE_MIB, MEMORY_TOLERANCE_SHARE * g["memory_mib"])
-        if live["used_mib"] > g.get("planned_mib", 0) + margin:
-            drift.append(_finding("memory_above_plan", f"uses {live['used_mib']} MiB, planned {g.get('planned_mib', 0)} MiB",
+        planned = g.get("planned_mib", 0)
+        if live["used_mib"] > planned + max(MEMORY_TOLERANCE_MIB, MEMORY_TOLERANCE_SHARE * g["memory_mib"]):
+            drift.append(_finding("memory_above_plan", f"uses {live['used_mib']} MiB, planned {planned} MiB",
                                   gpu=f"{g['host']}:{g['index']}", host=g["host"]))
+    return drift
 
-    for host, info in hosts.items():
-        for unit in info["units"]:
-            if unit["unit"].startswith("ray-") and unit["active"] != "active" and unit["load"] == "loaded":
-                drift.append(_finding("ray_unit_inactive", f"{unit['unit']} is {unit['active']} ({unit['sub']})", host=host))
-    ollama = [s["name"] for s in plan.get("services") or [] if s.get("engine") == "ollama"]
-    for service in plan.get("services") or []:
-        if service.get("engine") != "ollama" or not service.get("ollama"):
+
+def ray_unit_drift(hosts: dict) -> list:
+    """ray_unit_inactive: a loaded ray-* unit that is not active (a unit systemd does not find is not judged)."""
+    return [_finding("ray_unit_inactive", f"{u['unit']} is {u['active']} ({u['sub']})", host=host)
+            for host, info in hosts.items() for u in info["units"]
+            if u["unit"].startswith("ray-") and u["active"] != "active" and u["load"] == "loaded"]
+
+
+def ollama_unit_drift(plan: dict, hosts: dict) -> list:
+    """ollama_unit_missing, ollama_unit_inactive: each Ollama service's own unit on its host."""
+    services = [s for s in plan.get("services") or [] if s.get("engine") == "ollama"]
+    names = [s["name"] for s in services]
+    drift = []
+    for service in services:
+        host = (service.get("ollama") or {}).get("host")
+        if host not in hosts:  # not planned, or the host was not read
             continue
-        host = service["ollama"].get("host")
-        if host not in hosts:
-            continue
-        mine = [u for u in hosts[host]["units"] if _ollama_unit_owner(u["unit"], ollama) == service["name"]]
+        mine = [u for u in hosts[host]["units"] if _ollama_unit_owner(u["unit"], names) == service["name"]]
         if not mine:
             drift.append(_finding("ollama_unit_missing", "no Ollama unit on the host", service=service["name"], host=host))
         elif not any(u["active"] == "active" for u in mine):
