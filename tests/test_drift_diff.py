@@ -351,7 +351,8 @@ DRIFT_CASES = [
      [("app_unhealthy", None, None, None), ("deployment_unhealthy", "embed", None, None),
       ("replicas_missing", "embed", None, None)]),
     # Ray: an application is RUNNING while its deployments are "healthy or autoscaling"
-    ("autoscaling service UPSCALING", DEDICATED, DEDICATED, deployment_status("LLMServer:medgemma-27b", "UPSCALING"), []),
+    ("autoscaling service UPSCALING", DEDICATED, DEDICATED,
+     deployment_status("LLMServer:medgemma-27b", "UPSCALING"), []),
     ("autoscaling service DOWNSCALING", DEDICATED, DEDICATED,
      deployment_status("LLMServer:medgemma-27b", "DOWNSCALING"), []),
     ("deployment of a planned service missing", SB, SB, drop_deployment("LLMServer:embed"),
@@ -391,7 +392,8 @@ DRIFT_CASES = [
      [("ollama_unit_missing", "medgemma-4b-ollama", "node-0", None)]),
     ("Ollama unit failed", SPREAD, SPREAD, unit(
         "node-0", "gpufleet-ollama-medgemma-4b-ollama.service",
-        "gpufleet-ollama-medgemma-4b-ollama.service loaded failed failed Ollama for gpufleet service medgemma-4b-ollama"),
+        "gpufleet-ollama-medgemma-4b-ollama.service loaded failed failed "
+        "Ollama for gpufleet service medgemma-4b-ollama"),
      [("ollama_unit_inactive", "medgemma-4b-ollama", "node-0", None)]),
     ("Ollama unit missing, a distribution's ollama.service runs", SPREAD, SPREAD, both(
         unit("node-0", "gpufleet-ollama-medgemma-4b-ollama.service", None),
@@ -440,6 +442,30 @@ def test_drift_messages_and_rendering():
     assert "DRIFT (2)" in text
     assert "  [label_mismatch] node-1: label gpufleet.io/pool is 'general', planned 'cxr'" in text
     assert f"  [memory_above_plan] node-1, node-1:0: uses 23000 MiB, planned {planned} MiB" in text
+
+
+def test_status_text_of_a_converged_sandbox():
+    applied = plan(SB[1], SB[0])
+    data = build_status(converged(applied), {"strategy": "sandbox", "applied_at": "2026-11-24T03:00:00Z",
+                                             "plan": applied})
+    assert format_status(data).splitlines() == [
+        "applied: sandbox since 2026-11-24T03:00:00Z",
+        "",
+        "ray node               state  address          labels",
+        "sandbox-head           ALIVE  10.89.0.10       gpufleet.io/group=head,gpufleet.io/host=sandbox-head",
+        "sandbox-worker-1       ALIVE  10.89.0.11       gpufleet.io/group=worker,gpufleet.io/host=sandbox-worker-1",
+        "sandbox-worker-2       ALIVE  10.89.0.12       gpufleet.io/group=worker,gpufleet.io/host=sandbox-worker-2",
+        "",
+        "serve app gpufleet: RUNNING",
+        "  GpufleetIngress                          HEALTHY      sandbox-head(RUNNING)",
+        "  LLMServer:chat                           HEALTHY      sandbox-worker-1(RUNNING)",
+        "  LLMServer:embed                          HEALTHY      sandbox-worker-2(RUNNING)",
+        "",
+        "sandbox-head           ray-head.service                     active (running)",
+        "sandbox-worker-1       ray-worker.service                   active (running)",
+        "sandbox-worker-2       ray-worker.service                   active (running)",
+        "",
+        "drift: none: the cluster matches the applied plan"]
 
 
 def test_drift_when_the_probe_failed():
@@ -532,21 +558,24 @@ def _both(*edits):
 
 
 BUNDLES_4 = "[{'GPU': 1.0}, {'GPU': 1.0}, {'GPU': 1.0}, {'GPU': 1.0}]"
+W1_SELECTOR, W2_SELECTOR = "{'gpufleet.io/host': 'sandbox-worker-1'}", "{'gpufleet.io/host': 'sandbox-worker-2'}"
+NOT_NODE0 = "{'gpufleet.io/host': '!node-0'}"
 
 # (id, before (strategy, inventory) or (base, variant name, edit), after, {service: (change, details)})
 DIFF_CASES = [
     ("sandbox -> sandbox-swapped: both services move", ("sandbox", SANDBOX), ("sandbox-swapped", SANDBOX), {
         "chat": ("moved", ["placement -sandbox-worker-1:0 +sandbox-worker-2:0",
-                           "selector {'gpufleet.io/host': 'sandbox-worker-1'} -> {'gpufleet.io/host': 'sandbox-worker-2'}"]),
+                           f"selector {W1_SELECTOR} -> {W2_SELECTOR}"]),
         "embed": ("moved", ["placement -sandbox-worker-2:0 +sandbox-worker-1:0",
-                            "selector {'gpufleet.io/host': 'sandbox-worker-2'} -> {'gpufleet.io/host': 'sandbox-worker-1'}"])}),
-    ("baseline -> dedicated-node0: added, moved and resized", ("baseline", PRODUCTION), ("dedicated-node0", PRODUCTION), {
-        "medgemma-27b": ("moved+resized", ["placement -node-0:0,1,2,3", "selector {} -> {'gpufleet.io/host': '!node-0'}",
+                            f"selector {W2_SELECTOR} -> {W1_SELECTOR}"])}),
+    ("baseline -> dedicated-node0: added, moved and resized",
+     ("baseline", PRODUCTION), ("dedicated-node0", PRODUCTION), {
+        "medgemma-27b": ("moved+resized", ["placement -node-0:0,1,2,3", f"selector {{}} -> {NOT_NODE0}",
                                            "replicas 2-16 (autoscaling) -> 1-15 (autoscaling)",
                                            "trust_remote_code True -> None"]),
         "medgemma-27b-node0": ("added", ["vllm google/medgemma-27b-it replicas 1 on node-0:0,1,2,3"])}),
     ("dedicated-node0 -> baseline: removed", ("dedicated-node0", PRODUCTION), ("baseline", PRODUCTION), {
-        "medgemma-27b": ("moved+resized", ["placement +node-0:0,1,2,3", "selector {'gpufleet.io/host': '!node-0'} -> {}",
+        "medgemma-27b": ("moved+resized", ["placement +node-0:0,1,2,3", f"selector {NOT_NODE0} -> {{}}",
                                            "replicas 1-15 (autoscaling) -> 2-16 (autoscaling)",
                                            "trust_remote_code None -> True"]),
         "medgemma-27b-node0": ("removed", ["vllm google/medgemma-27b-it on node-0:0,1,2,3"])}),
@@ -641,6 +670,7 @@ def test_diff(case, variants):
         return
     assert got == expected
     assert data["changed"] is True
+    assert format_diff(data).splitlines()[0] == f"{before['strategy']} -> {after['strategy']}: changes"
     assert data["before"] == before["strategy"] and data["after"] == after["strategy"]
 
 
@@ -676,11 +706,13 @@ def test_diff_same_plan_and_first_apply():
     after = plan(PRODUCTION, "cxr-worker")
     same = diff_plans(after, plan(PRODUCTION, "cxr-worker"))
     assert same["changed"] is False
-    assert {s["name"]: s["change"] for s in same["services"]} == {"nv-reason-cxr": "unchanged", "medgemma-27b": "unchanged"}
+    assert [(s["name"], s["change"]) for s in same["services"]] == [("medgemma-27b", "unchanged"),
+                                                                    ("nv-reason-cxr", "unchanged")]
     assert format_diff(same) == "cxr-worker -> cxr-worker: no change"
     fresh = diff_plans(None, after)
     assert fresh["before"] is None and fresh["changed"] is True
-    assert [(s["name"], s["change"]) for s in fresh["services"]] == [("medgemma-27b", "added"), ("nv-reason-cxr", "added")]
+    assert [(s["name"], s["change"]) for s in fresh["services"]] == [("medgemma-27b", "added"),
+                                                                     ("nv-reason-cxr", "added")]
     assert fresh["services"][1]["details"] == ["vllm nvidia/NV-Reason-CXR-3B replicas 1 on node-1:0,1"]
     assert len(fresh["gpus"]) == 64 and all(g["before_mib"] == 0 and g["before"] == {} for g in fresh["gpus"])
     node1 = {g["device"]: g for g in fresh["gpus"]}["node-1:0"]

@@ -9,9 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
-from gpufleet.diff import diff_plans, format_diff
 from gpufleet.runner import REDACTED, Scrubber, is_secret_name, run_playbook
 
 
@@ -125,27 +122,3 @@ def test_runs_dir_keeps_the_last_n(tmp_path):
         assert result.ok
         seen.append(result.artifact_dir.name)
     assert sorted(p.name for p in runs.iterdir()) == sorted(seen[-2:])
-
-
-@pytest.fixture(scope="module")
-def two_plans():
-    from gpufleet.api import plan_from_inventory
-
-    root = Path(__file__).resolve().parents[1]
-    return (plan_from_inventory(str(root / "inventory" / "production"), "baseline"),
-            plan_from_inventory(str(root / "inventory" / "production"), "dedicated-node0"))
-
-
-def test_diff_two_plans(two_plans):
-    before, after = two_plans
-    data = diff_plans(before, after)
-    assert data["before"] == "baseline" and data["after"] == "dedicated-node0" and data["changed"]
-    changes = {s["name"]: s["change"] for s in data["services"]}
-    assert changes  # every service is classified
-    assert set(changes.values()) <= {"added", "removed", "moved", "resized", "moved+resized", "unchanged"}
-    text = format_diff(data)
-    assert text.startswith("baseline -> dedicated-node0: changes")
-    assert diff_plans(after, after)["changed"] is False
-    fresh = diff_plans(None, after)
-    assert all(s["change"] == "added" for s in fresh["services"])
-    assert all(g["before_mib"] == 0 for g in fresh["gpus"])

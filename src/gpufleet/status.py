@@ -71,7 +71,8 @@ def build_status(stats_data: dict, applied: dict | None) -> dict:
     for name, app in ((serve or {}).get("applications") or {}).items():
         deployments = {}
         for dname, dep in (app.get("deployments") or {}).items():
-            replicas = [{**r, "host": host_of.get(r.get("node_id"), r.get("node_ip"))} for r in dep.get("replicas") or []]
+            replicas = [{**r, "host": host_of.get(r.get("node_id"), r.get("node_ip"))}
+                        for r in dep.get("replicas") or []]
             deployments[dname] = {**dep, "replicas": replicas}
         apps[name] = {**app, "deployments": deployments}
 
@@ -122,7 +123,8 @@ def node_drift(plan: dict, nodes: list) -> list:
             if key not in labels:
                 drift.append(_finding("label_missing", f"label {key}={value} is missing", host=host))
             elif labels[key] != value:
-                drift.append(_finding("label_mismatch", f"label {key} is {labels[key]!r}, planned {value!r}", host=host))
+                drift.append(_finding("label_mismatch", f"label {key} is {labels[key]!r}, planned {value!r}",
+                                      host=host))
     return drift
 
 
@@ -207,7 +209,8 @@ def ollama_unit_drift(plan: dict, hosts: dict) -> list:
             continue
         mine = [u for u in hosts[host]["units"] if _ollama_unit_owner(u["unit"], names) == service["name"]]
         if not mine:
-            drift.append(_finding("ollama_unit_missing", "no Ollama unit on the host", service=service["name"], host=host))
+            drift.append(_finding("ollama_unit_missing", "no Ollama unit on the host", service=service["name"],
+                                  host=host))
         elif not any(u["active"] == "active" for u in mine):
             drift.append(_finding("ollama_unit_inactive", ", ".join(f"{u['unit']} is {u['active']}" for u in mine),
                                   service=service["name"], host=host))
@@ -235,20 +238,24 @@ def format_status(data: dict) -> str:
         for n in sorted(data["nodes"], key=lambda n: ((n.get("labels") or {}).get(HOST_LABEL) or "", n["node_id"])):
             labels = n.get("labels") or {}
             shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if not k.startswith("ray.io/node-id"))
-            lines.append(f"{labels.get(HOST_LABEL) or n['node_id'][:12]:22} {n['state'][:6]:6} {n.get('node_ip') or '':16} {shown}")
+            name = labels.get(HOST_LABEL) or n["node_id"][:12]
+            lines.append(f"{name:22} {n['state'][:6]:6} {n.get('node_ip') or '':16} {shown}")
     if data.get("applications") is not None:
         lines.append("")
         if not data["applications"]:
             lines.append("serve: no applications")
         for name, app in sorted(data["applications"].items()):
-            lines.append(f"serve app {name}: {app.get('status')}" + (f" ({app['message']})" if app.get("message") else ""))
+            message = f" ({app['message']})" if app.get("message") else ""
+            lines.append(f"serve app {name}: {app.get('status')}{message}")
             for dname, dep in sorted((app.get("deployments") or {}).items()):
-                where = ", ".join(f"{r.get('host')}({r.get('state')})" for r in dep.get("replicas") or []) or "no replicas"
+                replicas = dep.get("replicas") or []
+                where = ", ".join(f"{r.get('host')}({r.get('state')})" for r in replicas) or "no replicas"
                 lines.append(f"  {dname:40} {dep.get('status') or '?':12} {where}")
     gpu_lines = []
     for host, info in sorted((data.get("hosts") or {}).items()):
         for g in info["gpus"]:
-            gpu_lines.append(f"{host + ':' + str(g['index']):22} {g['name'][:20]:20} {g['used_mib']:>7} / {g['memory_mib']} MiB")
+            device = f"{host}:{g['index']}"
+            gpu_lines.append(f"{device:22} {g['name'][:20]:20} {g['used_mib']:>7} / {g['memory_mib']} MiB")
         for u in info["units"]:
             gpu_lines.append(f"{host:22} {u['unit']:36} {u['active']} ({u['sub']})")
     if gpu_lines:
