@@ -38,8 +38,9 @@ demo: sandbox-up
 unit: venv
 	$(BIN)/pytest -q -m "not sandbox"
 
+# ruff (pyproject.toml [tool.ruff]) and ansible-lint (.config/ansible-lint.yml); both always run.
 lint: venv
-	$(BIN)/ansible-lint
+	@rc=0; $(BIN)/ruff check src plugins tests bench sandbox || rc=1; $(BIN)/ansible-lint || rc=1; exit $$rc
 
 # The three scenarios on one sandbox cluster, removed at the end (sandbox/test-all.sh).
 molecule: sandbox-assets

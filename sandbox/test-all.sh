@@ -3,7 +3,7 @@
 # always removes the sandbox cluster at the end (even on failure or Ctrl-C).
 #
 #   unit            pytest -m "not sandbox"
-#   lint            ansible-lint (production profile)
+#   lint            make lint: ruff check (pyproject.toml) and ansible-lint (production profile)
 #   ray_cluster     molecule test -s ray_cluster  (creates the sandbox cluster, keeps it)
 #   serve           molecule test -s serve        (same cluster)
 #   ollama          molecule test -s ollama       (same cluster)
@@ -57,7 +57,7 @@ trap 'exit 130' INT TERM
 for stage in $STAGES; do
     case $stage in
         unit) run_stage unit pytest -q -m "not sandbox" ;;
-        lint) run_stage lint ansible-lint ;;
+        lint) run_stage lint make --no-print-directory lint ;;
         # molecule reset first: its saved state may say "created" for a cluster that
         # sandbox-down has since removed (create would then be skipped).
         ray_cluster|serve|ollama)
