@@ -35,7 +35,12 @@ def _replicas(service: dict) -> str:
 
 def _service_changes(before: dict, after: dict) -> tuple[list, list]:
     """(what moved, what was resized or otherwise changed), as short phrases."""
-    moved, resized = [], []
+    return _moves(before, after), _resizes(before, after)
+
+
+def _moves(before: dict, after: dict) -> list:
+    """Placement (host:devices, gone then new) and label selector."""
+    moved = []
     b_place, a_place = _placements(before), _placements(after)
     if b_place != a_place:
         gone = [p for p in b_place if p not in a_place]
@@ -43,18 +48,19 @@ def _service_changes(before: dict, after: dict) -> tuple[list, list]:
         moved.append("placement " + " ".join([f"-{p}" for p in gone] + [f"+{p}" for p in new]))
     if (before.get("label_selector") or {}) != (after.get("label_selector") or {}):
         moved.append(f"selector {before.get('label_selector') or {}} -> {after.get('label_selector') or {}}")
-    for key in ("model", "engine", "model_source"):
-        if before.get(key) != after.get(key):
-            resized.append(f"{key} {before.get(key)} -> {after.get(key)}")
+    return moved
+
+
+def _resizes(before: dict, after: dict) -> list:
+    """Model, engine, replicas, engine arguments (size first), route, Ollama address, Ray bundles."""
+    resized = [f"{key} {before.get(key)} -> {after.get(key)}" for key in ("model", "engine", "model_source")
+               if before.get(key) != after.get(key)]
     if _replicas(before) != _replicas(after):
         resized.append(f"replicas {_replicas(before)} -> {_replicas(after)}")
     b_args, a_args = before.get("engine_args") or {}, after.get("engine_args") or {}
-    for key in _SIZE_ARGS:
-        if b_args.get(key) != a_args.get(key):
-            resized.append(f"{key} {b_args.get(key)} -> {a_args.get(key)}")
-    other = sorted(k for k in set(b_args) | set(a_args) if k not in _SIZE_ARGS and b_args.get(k) != a_args.get(k))
-    for key in other:
-        resized.append(f"{key} {b_args.get(key)} -> {a_args.get(key)}")
+    other = sorted(k for k in set(b_args) | set(a_args) if k not in _SIZE_ARGS)
+    resized += [f"{key} {b_args.get(key)} -> {a_args.get(key)}" for key in (*_SIZE_ARGS, *other)
+                if b_args.get(key) != a_args.get(key)]
     if (before.get("route") or {}) != (after.get("route") or {}):
         resized.append(f"route {(before.get('route') or {}).get('model_name')} -> "
                        f"{(after.get('route') or {}).get('model_name')}")
@@ -64,7 +70,7 @@ def _service_changes(before: dict, after: dict) -> tuple[list, list]:
     b_ray, a_ray = before.get("ray") or {}, after.get("ray") or {}
     if b_ray.get("bundles") != a_ray.get("bundles") and not any(r.startswith("tensor_parallel") for r in resized):
         resized.append(f"bundles {b_ray.get('bundles')} -> {a_ray.get('bundles')}")
-    return moved, resized
+    return resized
 
 
 def _device(g: dict) -> str:
