@@ -619,3 +619,224 @@ def test_bug_every_replica_is_checked_not_only_the_first():
     wdf = [e for e in data["errors"] if e["code"] == "weights_do_not_fit"]
     assert [e["gpu"] for e in wdf] == ["gpu-b:0"]
     assert not data["feasible"]
+
+
+# ---- issue 9: vLLM 0.32's GPU arithmetic ------------------------------------------------------------
+from gpufleet import memory as mem  # noqa: E402
+from gpufleet.planner import _Planner  # noqa: E402
+
+PROBE = ROOT / "tests" / "kv_cache_probe.py"
+
+
+def _one_model_strategy(name: str, model: str, engine_args: dict, replicas: int = 1, selector: dict | None = None):
+    svc = {"name": name, "model": model, "engine": "vllm", "engine_args": engine_args, "replicas": replicas}
+    if selector:
+        svc["placement"] = {"label_selector": selector}
+    return parse_strategy({"name": name, "services": [svc]}, f"{name}.yml")
+
+
+def _gpu_cluster(*nodes: dict):
+    """An in-memory GPU cluster: node i gets gpufleet_gpus nodes[i]."""
+    hosts = [f"gpu-{i}" for i in range(len(nodes))]
+    groups = {"ray_head": hosts[:1], "ray_workers": hosts[1:]}
+    hostvars = {h: {"gpufleet_gpus": n, "ansible_host": f"127.0.0.{i + 1}"} for i, (h, n) in enumerate(zip(hosts, nodes))}
+    return cluster_from_hostvars(groups, hostvars, "in-memory")
+
+
+def test_max_concurrent_batches_follows_vllm_032():
+    """config/vllm.py:576-587 and 1585-1644, platforms/cpu.py:329-331."""
+    assert mem.max_concurrent_batches(True, "generate") == 2                    # GPU default: async on
+    assert mem.max_concurrent_batches(True, "generate", True) == 2
+    assert mem.max_concurrent_batches(True, "generate", False) == 1             # async_scheduling: false
+    assert mem.max_concurrent_batches(True, "pooling") == 1                     # pooling keeps it off
+    assert mem.max_concurrent_batches(False, "generate") == 1                   # the CPU platform turns it off
+    assert mem.max_concurrent_batches(False, "generate", True) == 1
+    assert mem.max_concurrent_batches(True, "generate", None, pipeline_parallel_size=2) == 3            # V2: PP + 1
+    assert mem.max_concurrent_batches(True, "generate", None, 2, v2_model_runner=False) == 2            # V1: off, PP
+
+
+def test_gemma27_one_sequence_counts_the_padding_layers():
+    """8192 tokens, TP 4: 62 layers -> 7 groups of 10 (8 padding layers), blocks of 10 x 16 x 2048 B = 320 KiB.
+    Sync: 512 + 6 x 193 = 1670 blocks; async: 512 + 6 x 321 = 2438; plus the null block vLLM's check holds
+    back -> 522 and 762 MiB (the unpadded per-layer sum was 474)."""
+    model = load_catalog().get("google/medgemma-27b-it")
+    assert mem.padding_layers(model) == 8
+    block = 10 * 16 * KV27_TOKEN_LAYER
+    assert mem.one_sequence_mib(model, 8192, 4, 2, 16, MNBT) == (1670 + 1) * block / MIB
+    assert mem.one_sequence_mib(model, 8192, 4, 2, 16, 2 * MNBT) == (2438 + 1) * block / MIB
+    assert round((1670 + 1) * block / MIB) == 522 and round((2438 + 1) * block / MIB) == 762
+    # the unpadded sum the planner used before: 10 x 512 + 52 x 193 pages + one block
+    assert round((10 * 512 + 52 * 193 + 10) * 16 * KV27_TOKEN_LAYER / MIB) == 474
+
+
+def test_gemma27_too_little_kv_names_the_padded_async_need():
+    """0.67 of an A10: ceil(0.67 x 22515) = 15085.1 - (13089.3 + 1209.7 + 256) = 530.1 MiB of KV, enough for
+    one synchronous 8192-token request (522) but not for one with two batches in flight (762)."""
+    strategy = _one_model_strategy("g", "google/medgemma-27b-it", {"tensor_parallel_size": 4, "max_model_len": 8192,
+                                                                  "gpu_memory_utilization": 0.67, "enforce_eager": True})
+    a10 = {"count": 4, "model": "A10", "memory_mib": A10}
+    data = plan(_gpu_cluster(a10), load_catalog(), strategy).to_dict()
+    kv = budget(0.67) - W27_TP4 - ACT27_TP4 - NON_TORCH
+    assert 522 < kv < 762
+    (e,) = data["errors"]
+    assert e["code"] == "kv_cache_too_small"
+    assert "one 8192-token sequence needs 762 MiB" in e["message"]
+    sync = _one_model_strategy("g", "google/medgemma-27b-it", {
+        "tensor_parallel_size": 4, "max_model_len": 8192, "gpu_memory_utilization": 0.67, "enforce_eager": True,
+        "async_scheduling": False})
+    assert plan(_gpu_cluster(a10), load_catalog(), sync).to_dict()["errors"] == []
+
+
+H100 = 81559          # MiB, nvidia-smi memory.total of an H100 80GB HBM3
+H100_RESERVED = 500   # the fixture's own round figure (not a measurement): declared, so the catalog is not asked
+H100_NODE = {"count": 8, "model": "H100", "memory_mib": H100, "reserved_mib": H100_RESERVED}
+
+
+def _h100_gemma27():
+    strategy = _one_model_strategy("g", "google/medgemma-27b-it", {"tensor_parallel_size": 2, "max_model_len": 32768,
+                                                                  "gpu_memory_utilization": 0.90}, replicas=4)
+    return plan(_gpu_cluster(H100_NODE), load_catalog(), strategy).to_dict()
+
+
+def h100_gemma27_kv_mib() -> float:
+    """TP 2: 2 x 8 x 128 x 2 = 4096 B per token and layer; CUDA graphs on (not eager)."""
+    weights = 54.9e9 / 2 / MIB                                                   # 26178.4
+    act = (8 * (4096 * (4 * 1152 + 2 * 4304 / 2) * 2 + 256 * 5376 * 2) / MIB    # 578.0: 8 images, tower / TP 2
+           + MNBT * (4 * 5376 + 2 * 21504 / 2) * 2 / MIB + SAMPLER_GEMMA)        # + 168.0 + 640.2
+    return budget(0.90, H100 - H100_RESERVED) - weights - act - NON_TORCH - CUDAGRAPH
+
+
+def test_gemma27_on_h100_tp2_with_async_scheduling_by_hand():
+    """usable 81059 MiB, budget ceil(0.9 x 81059) = 72953.1; KV 72953.1 - 26178.4 - 1386.2 - 256 - 512
+    = 44620.6 MiB -> 71392 blocks of 10 x 16 x 4096 B; a 32768 request: 2048 + 6 x (ceil(5119 / 16) + 1)
+    = 3974 blocks (sync: 2048 + 6 x 193 = 3206) -> 588669 tokens (sync 729685)."""
+    data = _h100_gemma27()
+    assert data["feasible"], data["errors"]
+    kv = h100_gemma27_kv_mib()
+    assert round(kv, 1) == 44620.6
+    blocks = int(kv * MIB) // (10 * 16 * 4096)
+    assert blocks == 71392
+    per_request = 2048 + 6 * (-(-(1023 + 2 * MNBT) // 16) + 1)
+    assert per_request == 3974
+    tokens = int(blocks / per_request * 32768)
+    assert service(data, "g")["kv_cache_tokens"] == tokens == 588669
+    assert int(blocks / (2048 + 6 * 193) * 32768) == 729685
+    g = gpu(data, "gpu-0", 0)
+    assert g["memory_mib"] == H100 - H100_RESERVED
+    assert g["planned_mib"] == round(budget(0.90, H100 - H100_RESERVED) + CTX) == 73465
+    assert service(data, "g")["max_replicas"] == 4
+
+
+def test_qwen3_full_attention_is_unchanged_by_async_scheduling():
+    """Full attention keeps every token of a request whatever is in flight: same KV tokens with async
+    scheduling on (the GPU default) and off. Qwen3-0.6B, 0.5 of an A10, eager: ceil(0.5 x 22515) = 11257.5
+    - 1144.4 - (40.0 + 371.0) - 256 = 9446.2 MiB -> 5397 blocks of 28 pages of 16 x 2 x 8 x 128 x 2 B;
+    a 40960 request takes 2560 of them -> 86352 tokens."""
+    args = {"max_model_len": 40960, "gpu_memory_utilization": 0.5, "enforce_eager": True}
+    a10 = {"count": 1, "model": "A10", "memory_mib": A10}
+    on = plan(_gpu_cluster(a10), load_catalog(), _one_model_strategy("q", "Qwen/Qwen3-0.6B", args)).to_dict()
+    off = plan(_gpu_cluster(a10), load_catalog(),
+               _one_model_strategy("q", "Qwen/Qwen3-0.6B", {**args, "async_scheduling": False})).to_dict()
+    kv = budget(0.5) - 1.2e9 / MIB - (MNBT * (4 * 1024 + 2 * 3072) * 2 / MIB + sampler(151936)) - NON_TORCH
+    expected = _uniform_tokens(kv, 2 * 8 * 128 * 2, 28, 40960)
+    assert service(on, "q")["kv_cache_tokens"] == service(off, "q")["kv_cache_tokens"] == expected == 86352
+
+
+def test_usable_memory_is_total_minus_reserved():
+    """A10 from the catalog (513), an A10 whose inventory says 600, an unknown model (L4, 23034 MiB): the
+    catalog's default share 0.02228 of memory.total, rounded up (513.2 -> 514). Budgets are shares of
+    the usable memory."""
+    cluster = _gpu_cluster({"count": 1, "model": "A10", "memory_mib": A10},
+                           {"count": 1, "model": "A10", "memory_mib": A10, "reserved_mib": 600},
+                           {"count": 1, "model": "L4", "memory_mib": 23034})
+    strategy = _one_model_strategy("q", "Qwen/Qwen3-0.6B", {"max_model_len": 4096, "gpu_memory_utilization": 0.5,
+                                                             "enforce_eager": True}, replicas=3)
+    data = plan(cluster, load_catalog(), strategy).to_dict()
+    usable = {g["host"]: g["memory_mib"] for g in data["gpus"]}
+    assert usable == {"gpu-0": 23028 - 513, "gpu-1": 23028 - 600, "gpu-2": 23034 - 514}
+    planned = {g["host"]: g["planned_mib"] for g in data["gpus"]}
+    assert planned == {h: round(budget(0.5, u) + CTX) for h, u in usable.items()}
+    assert planned["gpu-0"] == 11770
+    # reserved beyond the card is refused
+    with pytest.raises(Exception, match="reserved_mib"):
+        _gpu_cluster({"count": 1, "model": "A10", "memory_mib": A10, "reserved_mib": A10})
+
+
+def test_colocation_is_checked_against_the_usable_memory():
+    """Two Qwen3-0.6B at 0.4775 on one A10: 2 x (0.4775 x 23028 + 512) = 23016 would fit memory.total,
+    but 2 x (ceil(0.4775 x 22515) + 512) = 22526 does not fit the 22515 MiB CUDA sees."""
+    assert 2 * (0.4775 * A10 + CTX) <= A10
+    need = 2 * (budget(0.4775) + CTX)
+    assert round(need) == 22526
+    strategy = parse_strategy({"name": "two", "services": [
+        {"name": n, "model": "Qwen/Qwen3-0.6B", "engine": "vllm", "replicas": 1, "route": {"model_name": n},
+         "engine_args": {"max_model_len": 4096, "gpu_memory_utilization": 0.4775, "enforce_eager": True}}
+        for n in ("a", "b")]}, "two.yml")
+    data = plan(_gpu_cluster({"count": 1, "model": "A10", "memory_mib": A10}), load_catalog(), strategy).to_dict()
+    (e,) = data["errors"]
+    assert e["code"] == "utilization_overcommit"
+    assert "need 22526 MiB on a 22515 MiB device (23028 MiB memory.total - 513 reserved by the driver)" in e["message"]
+
+
+SEED_002_WORKER_MIB = 20730   # seed 002: nvidia-smi, each vLLM worker of medgemma-27b-it TP 4 at 0.95 on an A10
+
+
+def test_seed_002_worker_memory_within_3_percent():
+    """What one worker process holds once running: CUDA context + budget - profile_run's transient peak
+    (freed before the KV cache is sized) + the sampler warm-up kept after it:
+    512 + 21389.25 - 1209.7 + 640.2 = 21331.7 MiB against 20730 measured: +601.7 MiB, +2.90%."""
+    cluster = _gpu_cluster({"count": 4, "model": "A10", "memory_mib": A10})
+    strategy = load_strategy("baseline", STRATEGIES)
+    planner = _Planner(cluster, load_catalog(), strategy)
+    sp = planner.resolve(strategy.services[0])
+    inst = planner.instance(sp, planner.devices["gpu-0"][0])
+    by_hand = CTX + budget(0.95) - ACT27_TP4 + SAMPLER_GEMMA
+    assert inst.held == pytest.approx(by_hand)
+    difference = inst.held - SEED_002_WORKER_MIB
+    share = difference / SEED_002_WORKER_MIB
+    assert abs(share) <= 0.03, (f"planner {inst.held:.0f} MiB, measured {SEED_002_WORKER_MIB} MiB, "
+                                f"difference {difference:+.0f} MiB ({share:+.2%})")
+    assert (round(inst.held), round(difference), round(share * 100, 2)) == (21332, 602, 2.9)
+
+
+# vLLM's own sizing, run from the installed package (tests/kv_cache_probe.py, its own interpreter)
+def _gemma27_config(folder: Path) -> Path:
+    """config.json of Gemma 3 27B's text model from the catalog's figures: 62 layers, every 6th global."""
+    m = load_catalog().get("google/medgemma-27b-it")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": m.hidden_size,
+        "intermediate_size": m.intermediate_size, "num_hidden_layers": m.layers, "num_attention_heads": m.attention_heads,
+        "num_key_value_heads": m.kv_heads, "head_dim": m.head_dim, "sliding_window": m.sliding_window,
+        "sliding_window_pattern": 6, "max_position_embeddings": m.max_context, "vocab_size": m.vocab_size,
+        "query_pre_attn_scalar": 168, "torch_dtype": "bfloat16"}))
+    return folder
+
+
+def _probe(folder: Path, tp: int, max_len: int, use_async: bool, *kv_bytes: int) -> dict:
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(PROBE), str(folder), str(tp), str(max_len), "1" if use_async else "0",
+                          *map(str, kv_bytes)], capture_output=True, text=True, timeout=600, cwd=folder)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_vllm_own_get_kv_cache_configs_agrees_with_the_planner(tmp_path):
+    folder = _gemma27_config(tmp_path / "gemma3-27b")
+    model = load_catalog().get("google/medgemma-27b-it")
+    a10_kv = budget(0.95) - W27_TP4 - ACT27_TP4 - NON_TORCH
+    need_async = mem.one_sequence_mib(model, 8192, 4, 2, 16, 2 * MNBT)
+    need_sync = mem.one_sequence_mib(model, 8192, 4, 2, 16, MNBT)
+    a10 = _probe(folder, 4, 8192, True, int(a10_kv * MIB), int(need_async * MIB), int(need_async * MIB) - 1)
+    assert a10["max_concurrent_batches"] == 2
+    ok, exact, short = a10["results"]
+    assert ok["groups"] == 7
+    assert ok["tokens"] == run_plan("baseline")[1]["services"][0]["kv_cache_tokens"] == 73486
+    assert "tokens" in exact and "error" not in exact                # the planner's need is enough ...
+    assert "To serve at least one request" in short["error"]         # ... and one byte less is refused
+    sync = _probe(folder, 4, 8192, False, int(need_sync * MIB), int(need_sync * MIB) - 1)
+    assert sync["max_concurrent_batches"] == 1
+    assert "error" not in sync["results"][0] and "error" in sync["results"][1]
+    h100 = _probe(folder, 2, 32768, True, int(h100_gemma27_kv_mib() * MIB))
+    assert h100["results"][0]["tokens"] == service(_h100_gemma27(), "g")["kv_cache_tokens"] == 588669
