@@ -5,8 +5,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from . import yamlfile
 from .errors import InputError
 
 BUILTIN_CATALOG = "catalog.yml"
@@ -14,6 +13,11 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4}
 
 _HF_FIELDS = ("weights_bytes", "layers", "attention_heads", "kv_heads", "head_dim",
               "hidden_size", "intermediate_size", "vocab_size", "max_context")
+# what the Ollama KV estimate reads from a GGUF entry's base (or from the entry itself)
+_ARCH_FIELDS = ("layers", "kv_heads", "head_dim")
+RUNNERS = ("generate", "pooling")
+ENGINES = ("vllm", "ollama")
+MAX_INT = 2**50  # bytes of the largest checkpoint and far beyond; anything above is a typo
 
 
 @dataclass(frozen=True)
@@ -70,18 +74,41 @@ class Catalog:
         return self.models.get(model.base, model) if model.base else model
 
 
-def _read_yaml(path: Path | str, text: str | None = None) -> dict:
-    try:
-        data = yaml.safe_load(text if text is not None else Path(path).read_text())
-    except OSError as exc:
-        raise InputError("invalid_field", str(path), "-", f"cannot read the catalog: {exc.strerror}",
-                         "check the path given with --catalog / gpufleet_catalog_files")
-    except yaml.YAMLError as exc:
-        raise InputError("invalid_field", str(path), "-", f"malformed YAML: {exc}", "fix the YAML syntax")
-    if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+def _read_yaml(path: Path | str, text: str | bytes | None = None) -> dict:
+    if text is None:
+        data = yamlfile.load_file(path, what="catalog file",
+                                  fix="check the path given with --catalog / gpufleet_catalog_files")
+    else:
+        data = yamlfile.load_text(text, str(path))
+    if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
         raise InputError("invalid_field", str(path), "models",
                          "a catalog is a mapping with a `models:` mapping", "see src/gpufleet/catalog.yml")
+    unknown = sorted(map(str, set(data) - {"models", "engines", "gpus"}))
+    if unknown:
+        raise InputError("invalid_field", str(path), unknown[0], "is not a catalog key",
+                         "a catalog holds models:, engines: and gpus:")
+    if not isinstance(data.get("gpus") or {}, dict):
+        raise InputError("invalid_field", str(path), "gpus", "must be a mapping of GPU model to facts",
+                         "for example gpus: {A10: {reserved_mib: 513}}")
+    for gpu, facts in (data.get("gpus") or {}).items():
+        if not isinstance(facts, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
+                                              for v in facts.values()):
+            raise InputError("invalid_field", str(path), f"gpus.{gpu}", "must map fact names to numbers >= 0",
+                             "for example gpus: {A10: {reserved_mib: 513}}")
+    if not isinstance(data.get("engines") or {}, dict):
+        raise InputError("invalid_field", str(path), "engines", "must be a mapping of engine to constants",
+                         "see the engines: section of src/gpufleet/catalog.yml")
     return data
+
+
+def _number(value, source, where, minimum=0, integer=True, fix="give a positive integer"):
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not minimum <= value <= MAX_INT:
+        kind = "an integer" if integer else "a number"
+        raise InputError("invalid_field", source, where, f"must be {kind} >= {minimum}, got {value!r}"
+                         if not isinstance(value, str) else f"must be {kind} >= {minimum}, got the string {value!r}",
+                         fix + (" (unquoted)" if isinstance(value, str) else ""))
+    return value
 
 
 def _model(key: str, entry, source: str) -> Model:
@@ -93,7 +120,7 @@ def _model(key: str, entry, source: str) -> Model:
     if fmt not in ("hf", "gguf"):
         raise InputError("invalid_field", source, f"{where}.format", f"is {fmt!r}", "use hf or gguf")
     known = set(Model.__dataclass_fields__) - {"key"}
-    unknown = sorted(set(entry) - known - {"params_b"})
+    unknown = sorted(map(str, set(entry) - known - {"params_b"}))
     if unknown:
         raise InputError("invalid_field", source, f"{where}.{unknown[0]}", "is not a catalog field",
                          f"remove it; known fields: {', '.join(sorted(known))}")
@@ -101,33 +128,104 @@ def _model(key: str, entry, source: str) -> Model:
     for name in required:
         value = entry.get(name)
         ok = isinstance(value, dict) and value if name == "weights_bytes" else (
-            isinstance(value, int) and value > 0 if name != "ollama_tag" else isinstance(value, str) and value)
+            isinstance(value, int) and not isinstance(value, bool) and value > 0 if name != "ollama_tag"
+            else isinstance(value, str) and value)
+        if not ok and value is not None and name not in ("weights_bytes", "ollama_tag"):
+            _number(value, source, f"{where}.{name}", minimum=1)  # says what is wrong with it
         if not ok:
             raise InputError("invalid_field", source, f"{where}.{name}", f"is missing or invalid ({value!r})",
                              "give a positive integer (weights_bytes: {dtype: bytes}; ollama_tag: a string)")
+    # every field, present or required, has its type and range (a string or negative size is a traceback
+    # or a nonsense plan later)
+    for name in ("layers", "attention_heads", "kv_heads", "head_dim", "hidden_size", "intermediate_size",
+                 "vocab_size", "max_context", "size_bytes", "sliding_window"):
+        if entry.get(name) is not None:
+            _number(entry[name], source, f"{where}.{name}", minimum=1)
+    if "sliding_layers" in entry:
+        _number(entry["sliding_layers"], source, f"{where}.sliding_layers", minimum=0)
+    for name, spec in Model.__dataclass_fields__.items():  # any other integer field (vision_*, ...)
+        if spec.type in ("int", "int | None") and entry.get(name) is not None:
+            _number(entry[name], source, f"{where}.{name}", minimum=0)
+    if "params_b" in entry:
+        _number(entry["params_b"], source, f"{where}.params_b", minimum=0, integer=False, fix="give a number")
+    if "weights_bytes" in entry and not isinstance(entry["weights_bytes"], dict):
+        raise InputError("invalid_field", source, f"{where}.weights_bytes", "must be a mapping {dtype: bytes}",
+                         "for example weights_bytes: {bfloat16: 1200000000}")
+    for dtype, size in (entry.get("weights_bytes") or {}).items():
+        if dtype not in DTYPE_BYTES:
+            raise InputError("invalid_field", source, f"{where}.weights_bytes.{dtype}",
+                             "is not a dtype the planner sizes",
+                             f"use one of: {', '.join(DTYPE_BYTES)}")
+        _number(size, source, f"{where}.weights_bytes.{dtype}", minimum=1, fix="give the checkpoint's bytes")
+    layers, sliding = entry.get("layers") or 0, entry.get("sliding_layers") or 0
+    if sliding > layers:
+        raise InputError("invalid_field", source, f"{where}.sliding_layers",
+                         f"is {sliding}, more than the model's {layers} layers",
+                         "count the local layers among `layers`")
+    if sliding and entry.get("sliding_window") is None:
+        raise InputError("invalid_field", source, f"{where}.sliding_window",
+                         "is missing: sliding_layers needs the window",
+                         "give sliding_window (the model's config.json), or drop sliding_layers")
+    heads, kv_heads = entry.get("attention_heads"), entry.get("kv_heads")
+    if heads and kv_heads and heads % kv_heads:
+        raise InputError("invalid_field", source, f"{where}.kv_heads",
+                         f"{kv_heads} KV heads do not divide the {heads} attention heads",
+                         "copy num_key_value_heads and num_attention_heads from the model's config.json")
+    runner = entry.get("runner", "generate")
+    if runner not in RUNNERS:
+        raise InputError("invalid_field", source, f"{where}.runner", f"is {runner!r}",
+                         f"use one of: {', '.join(RUNNERS)}")
+    for name in ("ollama_tag", "base"):
+        value = entry.get(name)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 256
+                                  or any(ord(c) < 33 or ord(c) == 127 for c in value)):
+            raise InputError("invalid_field", source, f"{where}.{name}",
+                             f"must be a name without spaces, got {value!r}",
+                             "for example medgemma-4b-it:q8" if name == "ollama_tag" else "a catalog key")
+    if fmt == "gguf" and not entry.get("base") and not all(entry.get(f) for f in _ARCH_FIELDS):
+        raise InputError("invalid_field", source, f"{where}.base",
+                         "is missing: without the base model's layers the KV cache would be sized 0",
+                         f"set base: to the HF entry this GGUF quantises, or give {', '.join(_ARCH_FIELDS)}")
+    if fmt == "hf" and entry.get("base"):
+        raise InputError("invalid_field", source, f"{where}.base", "applies to GGUF (Ollama) entries only",
+                         "remove it")
     values = {k: v for k, v in entry.items() if k in known}
     return Model(key=key, **values)
+
+
+def _engines(constants, engine, source) -> dict:
+    where = f"engines.{engine}"
+    if engine not in ENGINES:
+        raise InputError("invalid_field", source, where, "is not an engine gpufleet plans",
+                         f"use one of: {', '.join(ENGINES)}")
+    if not isinstance(constants, dict):
+        raise InputError("invalid_field", source, where, "must be a mapping of constant to value",
+                         "see the engines: section of src/gpufleet/catalog.yml")
+    for name, value in constants.items():
+        _number(value, source, f"{where}.{name}", minimum=0, integer=False, fix="give a number of MiB (or tokens)")
+    return constants
 
 
 def load_catalog(extra_files=()) -> Catalog:
     """The built-in catalog, then each extra file in order (later entries replace earlier ones)."""
     builtin = resources.files("gpufleet").joinpath(BUILTIN_CATALOG)
-    layers = [(str(builtin), _read_yaml(builtin, builtin.read_text()))]
+    layers = [(str(builtin), _read_yaml(builtin, builtin.read_bytes()))]
     layers += [(str(p), _read_yaml(p)) for p in extra_files]
-    models, engines, gpus = {}, {}, {}
+    models, engines, origin, gpus = {}, {}, {}, {}
     for source, data in layers:
         for gpu, facts in (data.get("gpus") or {}).items():
-            if not isinstance(facts, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0
-                                                  for v in facts.values()):
-                raise InputError("invalid_field", source, f"gpus.{gpu}", "must map fact names to numbers >= 0",
-                                 "for example gpus: {A10: {reserved_mib: 513}}")
             gpus.setdefault(str(gpu), {}).update(facts)
         for key, entry in (data.get("models") or {}).items():
-            models[key] = _model(str(key), entry, source)
+            models[str(key)] = _model(str(key), entry, source)
+            origin[str(key)] = source
         for engine, constants in (data.get("engines") or {}).items():
-            engines.setdefault(engine, {}).update(constants or {})
+            engines.setdefault(engine, {}).update(_engines(constants or {}, engine, source))
     for model in models.values():
         if model.base and model.base not in models:
-            raise InputError("unknown_model", model.key, "base", f"base model {model.base!r} is not in the catalog",
+            raise InputError("invalid_field", origin[model.key], f"models.{model.key}.base",
+                             f"base model {model.base!r} is not in the catalog",
                              "add the base model's HF entry (its layers size the KV cache)")
+        if model.base and models[model.base].format != "hf":
+            raise InputError("invalid_field", origin[model.key], f"models.{model.key}.base",
+                             f"base model {model.base!r} is not an HF entry", "point base at the HF model it quantises")
     return Catalog(models=models, engines=engines, sources=tuple(s for s, _ in layers), gpus=gpus)

@@ -113,7 +113,8 @@ def cmd_plan(args) -> int:
     if status != EXIT_OK:
         strategy_file = ((data.get("inputs") or {}).get("strategy") or {}).get("file") or args.strategy
         print(f"gpufleet: strategy file {strategy_file} "
-              + ("has invalid fields (exit 2)" if status == EXIT_BAD_INPUT else f"does not fit {args.inventory} (exit 3)")
+              + ("has invalid fields (exit 2)" if status == EXIT_BAD_INPUT
+                 else f"does not fit {args.inventory} (exit 3)")
               + f": {len(data['errors'])} error(s) above", file=sys.stderr)
     return status
 
@@ -132,7 +133,8 @@ def cmd_strategies(args) -> int:
         try:
             loaded = load_strategy(name, args.strategies_dir)
             data = plan(cluster, catalog, loaded).to_dict()
-            verdict = "fits" if data["feasible"] else f"no-fit ({', '.join(sorted({e['code'] for e in data['errors']}))})"
+            codes = ", ".join(sorted({e["code"] for e in data["errors"]}))
+            verdict = "fits" if data["feasible"] else f"no-fit ({codes})"
             description = data["description"]
             if plan_exit_status(data) == EXIT_BAD_INPUT:
                 bad = next(e for e in data["errors"] if e["code"] in INPUT_FINDINGS)
@@ -272,7 +274,8 @@ def _parse_extra_vars(items: list) -> dict:
             try:
                 data = yamlfile.load_file(path, what="variables file")
             except InputError as exc:  # duplicate keys, alias bombs, binary: refused like any input file
-                raise InputError("invalid_extra_vars", path, f"-e {exc.field}", f"cannot read: [{exc.code}] {exc.message}",
+                raise InputError("invalid_extra_vars", path, f"-e {exc.field}",
+                                 f"cannot read: [{exc.code}] {exc.message}",
                                  exc.fix or "give a readable YAML or JSON file of variables") from None
             if not isinstance(data, dict):
                 raise InputError("invalid_extra_vars", path, "-e", "is not a mapping of variables",

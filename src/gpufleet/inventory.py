@@ -56,7 +56,8 @@ def _int(value, source, where, fix, minimum=0, maximum=2**40):
 
 
 # a DNS name (RFC 1123) for ansible_host when it is not an address: nothing else reaches `ray start`
-_DNS_RE = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
+_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_RE = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(\.{_DNS_LABEL})*\.?\Z")
 
 
 def _address(host: str, hv: dict, source: str) -> str:
@@ -148,7 +149,8 @@ def _unique_addresses(nodes, source: str) -> None:
     for node in nodes:
         if node.address in seen:
             raise InputError("invalid_field", source, f"{node.host}.gpufleet_node_ip",
-                             f"address {node.address} is also {seen[node.address]}'s: one machine would be planned twice",
+                             f"address {node.address} is also {seen[node.address]}'s: "
+                             "one machine would be planned twice",
                              "give each host its own address (gpufleet_node_ip or ansible_host)")
         seen[node.address] = node.host
 

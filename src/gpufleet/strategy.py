@@ -149,7 +149,8 @@ def _replicas(raw, file, where) -> Replicas:
               "write replicas: 2, or replicas: {min: 1, max: 15, target_ongoing_requests: 5}")
     unknown = sorted(map(str, set(raw) - {"min", "max", "initial", "target_ongoing_requests"}))
     if unknown:
-        _fail(file, f"{where}.{unknown[0]}", "is not a replicas key", "keys: min, max, initial, target_ongoing_requests")
+        _fail(file, f"{where}.{unknown[0]}", "is not a replicas key",
+              "keys: min, max, initial, target_ongoing_requests")
     low = _typed(raw.get("min", 1), int, file, f"{where}.min")
     high = _typed(raw.get("max"), int, file, f"{where}.max") if "max" in raw else _fail(
         file, f"{where}.max", "is required for autoscaling", "add max: N")
@@ -202,7 +203,8 @@ def _service(raw, index, file) -> Service:
     where = f"services[{name}]"
     model = raw.get("model")
     if not isinstance(model, str) or not model:
-        _fail(file, f"{where}.model", f"must be a catalog key, got {_short(model)}", "for example google/medgemma-27b-it")
+        _fail(file, f"{where}.model", f"must be a catalog key, got {_short(model)}",
+              "for example google/medgemma-27b-it")
     _text(model, file, f"{where}.model", "a catalog key")
     engine = raw.get("engine")
     if engine not in ("vllm", "ollama"):
@@ -226,8 +228,10 @@ def _service(raw, index, file) -> Service:
         if engine != "ollama":
             _fail(file, f"{where}.placement.gpus", "pins devices, which only Ollama services can do",
                   "Ray assigns devices to vLLM replicas; select nodes with label_selector or host instead")
-        if not isinstance(gpus, list) or not gpus or not all(isinstance(g, int) and not isinstance(g, bool) for g in gpus):
-            _fail(file, f"{where}.placement.gpus", f"must be a non-empty list of GPU indices, got {gpus!r}", "for example [3]")
+        if not isinstance(gpus, list) or not gpus or not all(
+                isinstance(g, int) and not isinstance(g, bool) for g in gpus):
+            _fail(file, f"{where}.placement.gpus", f"must be a non-empty list of GPU indices, got {_short(gpus)}",
+                  "for example [3]")
         if len(set(gpus)) != len(gpus):
             _fail(file, f"{where}.placement.gpus", f"repeats an index: {gpus}", "list each GPU once")
     if engine == "ollama":
@@ -235,7 +239,8 @@ def _service(raw, index, file) -> Service:
             _fail(file, f"{where}.placement", "an Ollama service needs host and gpus",
                   "write placement: {host: node-0, gpus: [3]}")
         if selector:
-            _fail(file, f"{where}.placement.label_selector", "does not apply to Ollama services (they are not Ray actors)",
+            _fail(file, f"{where}.placement.label_selector",
+                  "does not apply to Ollama services (they are not Ray actors)",
                   "use host and gpus")
         if replicas.autoscaling or replicas.max != 1:
             _fail(file, f"{where}.replicas", "an Ollama service is one systemd unit: replicas must be 1",
