@@ -81,6 +81,8 @@ class Case:
     inventory: dict | None = None          # default: inventory_files()
 
     def write(self, tmp: Path) -> list:
+        if any("{tmp}/fifo" in arg for arg in self.argv):
+            os.mkfifo(tmp / "fifo")
         files = {**(inventory_files() if self.inventory is None else self.inventory), **self.files}
         for rel, content in files.items():
             path = tmp / rel
@@ -338,6 +340,17 @@ CASES = {
                                                               says=("does not fit", "(exit 3)"))),
     "cli: planner invalid_field exits 2": Case("cli", 2, **S(strategy_text([vllm(model="medgemma-4b-it:q8")]),
                                                              where="services[m].model", says=("[invalid_field]",))),
+    "cli: apply exits 2 on a planner invalid_field": Case("cli", 2, files={
+        "strategies/t.yml": strategy_text([vllm(model="medgemma-4b-it:q8")])},
+        argv=("apply", "-i", "{tmp}/inventory", "-s", "t", "--strategies-dir", "{tmp}/strategies", "--yes"),
+        file=None, where="services[m].model", says=("[invalid_field]", "nothing was run")),
+    "cli: diff --offline exits 2 on a planner invalid_field": Case("cli", 2, files={
+        "strategies/t.yml": strategy_text([vllm(model="medgemma-4b-it:q8")])},
+        argv=("diff", "-i", "{tmp}/inventory", "-s", "t", "--strategies-dir", "{tmp}/strategies", "--offline"),
+        file=None, says=("does not fit",)),
+    "cli: a FIFO as catalog is not waited on": Case("cli", 2, files={"strategies/t.yml": strategy_text()},
+                                                    argv=Case.argv + ("--catalog", "{tmp}/fifo"), file="fifo",
+                                                    says=("[missing_file]", "not a regular file")),
     "cli: -e @ a binary variables file": Case("cli", 2, files={"vars.bin": b"\x00\x01"}, argv=(
         "apply", "-i", "{tmp}/inventory", "-s", "t", "--strategies-dir", "{tmp}/strategies", "-e", "@{tmp}/vars.bin"),
         file="vars.bin", where="-e", says=("[invalid_extra_vars]", "binary")),

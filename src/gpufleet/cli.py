@@ -377,7 +377,7 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
         print(format_table(data), file=sys.stderr)
         print(f"\ngpufleet: strategy {args.strategy!r} does not fit {args.inventory}; nothing was run",
               file=sys.stderr)
-        return EXIT_INFEASIBLE
+        return plan_exit_status(data)  # 2 when a finding is invalid_field, else 3
     for w in data["warnings"]:
         print(f"warning: [{w['code']}] {w['message']}", file=sys.stderr)
 
@@ -493,7 +493,7 @@ def cmd_diff(args) -> int:
         print(format_diff(change))
         if not data["feasible"]:
             print(f"\nstrategy {args.strategy!r} does not fit: `gpufleet plan` says why")
-    return EXIT_OK if data["feasible"] else EXIT_INFEASIBLE
+    return plan_exit_status(data)
 
 
 def cmd_rollback(args) -> int:
@@ -536,7 +536,7 @@ def cmd_render(args) -> int:
     if not data["feasible"]:
         from .report import format_table
         print(format_table(data), file=sys.stderr)
-        return EXIT_INFEASIBLE
+        return plan_exit_status(data)
     output = Path(args.output or Path("build") / "render" / args.strategy).resolve()
     with tempfile.TemporaryDirectory(prefix="gpufleet-plan-") as folder:
         plan_file = str(Path(folder) / "plan.json")

@@ -11,6 +11,8 @@ the field (or line) and the fix.
 """
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import yaml
@@ -134,6 +136,10 @@ def load_file(path: str | Path, max_bytes: int = MAX_BYTES, what: str = "file", 
     """Read and parse one YAML file: at most `max_bytes` are read, whatever the file is."""
     source = str(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode) and not stat.S_ISDIR(os.stat(path).st_mode):
+            # a FIFO or a device would block or never end: only regular files are read
+            raise InputError("missing_file", source, "-", f"the {what} is not a regular file",
+                             fix or "give the path of a YAML file")
         with open(path, "rb") as handle:
             raw = handle.read(max_bytes + 1)
     except OSError as exc:
