@@ -382,6 +382,8 @@ DRIFT_CASES = [
     ("GPU under its plan", CXR, CXR, gpu_used("node-1", 0, 0), []),
     ("no nvidia-smi on the node", CXR, CXR, both(gpu_used("node-1", 2, 9000), lambda s: s["gpufleet_hosts"]["node-1"]
                                                   .update(nvidia_smi=False, gpus=[])), []),
+    ("a CPU-planned node's GPU in use: the plan's CPU device 0 is not GPU 0", SB, SB,
+     lambda s: s["gpufleet_hosts"][W1].update(nvidia_smi=True, gpus=["0, GPU-0000, NVIDIA A10G, 23028, 20000"]), []),
     # systemd units
     ("Ray unit failed", SB, SB, both(unit(W2, "ray-worker.service", "ray-worker.service loaded failed failed "
                                            "Ray worker node sandbox-worker-2 (gpufleet)"), node_dead(W2)),
