@@ -23,15 +23,18 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+import yaml
 
+from gpufleet import memory as mem
 from gpufleet.catalog import load_catalog
 from gpufleet.cli import main
 from gpufleet.inventory import cluster_from_hostvars
-from gpufleet.planner import plan
+from gpufleet.planner import _Planner, plan
 from gpufleet.strategy import load_strategy, parse_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,7 +291,8 @@ def test_colocate_util093_weights_of_the_4b_do_not_fit_its_budget():
     assert "0.07 x 22515 MiB gives 1576 MiB" in wdf["message"]
     # smallest utilization that holds weights + activations + non-torch: ceil to 0.01
     assert wdf["fix"] == "raise gpu_memory_utilization to at least " + \
-        f"{bundle((W4_TP4 + ACT4_TP4 + NON_TORCH + 1) / A10_USABLE):.2f}" == "raise gpu_memory_utilization to at least 0.16"
+        f"{bundle((W4_TP4 + ACT4_TP4 + NON_TORCH + 1) / A10_USABLE):.2f}"
+    assert wdf["fix"].endswith("at least 0.16")
     assert service(data, "medgemma-4b-node0")["kv_cache_tokens"] is None
 
 
@@ -622,8 +626,6 @@ def test_bug_every_replica_is_checked_not_only_the_first():
 
 
 # ---- issue 9: vLLM 0.32's GPU arithmetic ------------------------------------------------------------
-from gpufleet import memory as mem  # noqa: E402
-from gpufleet.planner import _Planner  # noqa: E402
 
 PROBE = ROOT / "tests" / "kv_cache_probe.py"
 
@@ -639,7 +641,8 @@ def _gpu_cluster(*nodes: dict):
     """An in-memory GPU cluster: node i gets gpufleet_gpus nodes[i]."""
     hosts = [f"gpu-{i}" for i in range(len(nodes))]
     groups = {"ray_head": hosts[:1], "ray_workers": hosts[1:]}
-    hostvars = {h: {"gpufleet_gpus": n, "ansible_host": f"127.0.0.{i + 1}"} for i, (h, n) in enumerate(zip(hosts, nodes))}
+    hostvars = {h: {"gpufleet_gpus": n, "ansible_host": f"127.0.0.{i + 1}"}
+                for i, (h, n) in enumerate(zip(hosts, nodes, strict=True))}
     return cluster_from_hostvars(groups, hostvars, "in-memory")
 
 
@@ -672,8 +675,8 @@ def test_gemma27_one_sequence_counts_the_padding_layers():
 def test_gemma27_too_little_kv_names_the_padded_async_need():
     """0.67 of an A10: ceil(0.67 x 22515) = 15085.1 - (13089.3 + 1209.7 + 256) = 530.1 MiB of KV, enough for
     one synchronous 8192-token request (522) but not for one with two batches in flight (762)."""
-    strategy = _one_model_strategy("g", "google/medgemma-27b-it", {"tensor_parallel_size": 4, "max_model_len": 8192,
-                                                                  "gpu_memory_utilization": 0.67, "enforce_eager": True})
+    strategy = _one_model_strategy("g", "google/medgemma-27b-it", {
+        "tensor_parallel_size": 4, "max_model_len": 8192, "gpu_memory_utilization": 0.67, "enforce_eager": True})
     a10 = {"count": 4, "model": "A10", "memory_mib": A10}
     data = plan(_gpu_cluster(a10), load_catalog(), strategy).to_dict()
     kv = budget(0.67) - W27_TP4 - ACT27_TP4 - NON_TORCH
@@ -806,7 +809,8 @@ def _gemma27_config(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": m.hidden_size,
-        "intermediate_size": m.intermediate_size, "num_hidden_layers": m.layers, "num_attention_heads": m.attention_heads,
+        "intermediate_size": m.intermediate_size, "num_hidden_layers": m.layers,
+        "num_attention_heads": m.attention_heads,
         "num_key_value_heads": m.kv_heads, "head_dim": m.head_dim, "sliding_window": m.sliding_window,
         "sliding_window_pattern": 6, "max_position_embeddings": m.max_context, "vocab_size": m.vocab_size,
         "query_pre_attn_scalar": 168, "torch_dtype": "bfloat16"}))
@@ -815,7 +819,6 @@ def _gemma27_config(folder: Path) -> Path:
 
 def _probe(folder: Path, tp: int, max_len: int, use_async: bool, *kv_bytes: int) -> dict:
     import subprocess
-    import sys
     out = subprocess.run([sys.executable, str(PROBE), str(folder), str(tp), str(max_len), "1" if use_async else "0",
                           *map(str, kv_bytes)], capture_output=True, text=True, timeout=600, cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -840,3 +843,52 @@ def test_vllm_own_get_kv_cache_configs_agrees_with_the_planner(tmp_path):
     assert "error" not in sync["results"][0] and "error" in sync["results"][1]
     h100 = _probe(folder, 2, 32768, True, int(h100_gemma27_kv_mib() * MIB))
     assert h100["results"][0]["tokens"] == service(_h100_gemma27(), "g")["kv_cache_tokens"] == 588669
+
+
+# ---- roles/gpu_preflight checks the reserved memory the planner assumed ---------------------------------
+def test_gpu_preflight_reserved_defaults_mirror_the_catalog():
+    defaults = yaml.safe_load((ROOT / "roles/gpu_preflight/defaults/main.yml").read_text())
+    gpus = load_catalog().gpus
+    assert defaults["gpu_preflight_reserved_defaults"] == {
+        model: facts["reserved_mib"] for model, facts in gpus.items() if "reserved_mib" in facts}
+    assert defaults["gpu_preflight_reserved_share"] == gpus["default"]["reserved_share"]
+
+
+FAKE_SMI = """#!/bin/sh
+# nvidia-smi's answers on two A10s (seed 002's memory figures); RESERVED sets memory.reserved,
+# OLD=1 answers like a driver without the memory.reserved field
+case "$*" in
+  *memory.reserved*) [ -n "$OLD" ] && { echo 'Field "memory.reserved" is not a valid field to query.' >&2; exit 2; }
+                     printf '0, 23028, %s, 22483, 32\\n1, 23028, %s, 21259, 1256\\n' "$RESERVED" "$RESERVED" ;;
+  *memory.used*) printf '0, 23028, 22483, 32\\n1, 23028, 21259, 1256\\n' ;;
+  *) printf '0, GPU-a, NVIDIA A10, 23028\\n1, GPU-b, NVIDIA A10, 23028\\n' ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("reserved, declared, old, ok", [
+    (513, None, False, True),      # the catalog's A10 figure
+    (513, None, True, True),       # older driver: 23028 - 22483 - 32 = 513
+    (700, None, False, False),     # the card reserves more than the plan assumed
+    (700, 700, False, True),       # ... and the inventory says so
+])
+def test_gpu_preflight_fails_when_the_reserved_memory_differs(tmp_path, reserved, declared, old, ok):
+    import os
+    import subprocess
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    gpus = {"count": 2, "model": "A10", "memory_mib": 23028, **({"reserved_mib": declared} if declared else {})}
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"gpufleet_gpus": gpus, "gpu_preflight_nvidia_smi": str(smi),
+                 "ansible_python_interpreter": sys.executable},
+        "roles": ["gpu_preflight"]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+           "RESERVED": str(reserved), "OLD": "1" if old else "", "NO_COLOR": "1"}
+    run = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "play.yml"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert (run.returncode == 0) == ok, run.stdout[-3000:] + run.stderr[-2000:]
+    if not ok:
+        assert "reserves 700 MiB of its 23028 MiB" in run.stdout + run.stderr
+        assert "Set gpufleet_gpus.reserved_mib: 700" in run.stdout + run.stderr
