@@ -264,9 +264,13 @@ CASES = {
                                                         where="services[m].engine_args.max_num_seqs")),
     "engine: kv_cache_dtype fp8 accepted": Case("engine", 0, file=None, **S(strategy_text([vllm(
         engine_args={"kv_cache_dtype": "fp8", "dtype": "auto", "quantization": "fp8"})]))),
-    "engine: replicas a billion": Case("engine", 3, **S(strategy_text([vllm(replicas=10**9)]),
-                                                        where="services[m].replicas",
-                                                        says=("[replicas_exceed_capacity]",))),
+    "engine: replicas a billion": Case("engine", 2, **S(strategy_text([vllm(replicas=10**9)]),
+                                                        where="services[m].replicas", says=("<= 10000",))),
+    "engine: autoscaling max a million": Case("engine", 2, **S(strategy_text([vllm(replicas={"min": 0, "max": 10**6})]),
+                                                               where="services[m].replicas.max", says=("<= 10000",))),
+    "engine: replicas beyond the cluster": Case("engine", 3, **S(strategy_text([vllm(replicas=9)]),
+                                                                 where="services[m].replicas",
+                                                                 says=("[replicas_exceed_capacity]",))),
     # ---- inventories ---------------------------------------------------------------------------------
     "inventory: node ip not an address": Case("inventory", 2, **INV(host_vars={"node-1": {
         "gpufleet_node_ip": "not an ip; rm -rf /"}}, where="node-1.gpufleet_node_ip", says=("IP address",))),

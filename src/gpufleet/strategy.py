@@ -18,6 +18,7 @@ NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 # the OpenAI `model` a route answers to: it reaches the Serve config and request routing
 ROUTE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?")
 MAX_TEXT = 4096  # model ids, paths, revisions, descriptions
+MAX_REPLICAS = 10_000  # per service; more is a typo, and the plan (one entry per replica) would be huge
 
 # Values vLLM 0.32 refuses at start, for the engine arguments the schema knows. Copied (the
 # planner must not import vLLM); tests/test_hostile.py::test_vllm_value_lists_match_vllm
@@ -143,6 +144,8 @@ def _replicas(raw, file, where) -> Replicas:
     if isinstance(raw, int) and not isinstance(raw, bool):
         if raw < 1:
             _fail(file, where, f"must be >= 1, got {raw}", "use a positive count, or {min, max} to autoscale")
+        if raw > MAX_REPLICAS:
+            _fail(file, where, f"must be <= {MAX_REPLICAS}, got {raw}", "use a realistic count")
         return Replicas(raw, raw, raw, None, False)
     if not isinstance(raw, dict):
         _fail(file, where, f"must be a count or a mapping, got {raw!r}",
@@ -157,8 +160,11 @@ def _replicas(raw, file, where) -> Replicas:
     initial = _typed(raw.get("initial", low), int, file, f"{where}.initial")
     target = _typed(raw.get("target_ongoing_requests", 2), float, file, f"{where}.target_ongoing_requests")
     if not 0 <= low <= high or high < 1 or not low <= initial <= high or target <= 0:
-        _fail(file, where, f"needs 0 <= min <= initial <= max, max >= 1 and target > 0 (got {raw})",
+        _fail(file, where, f"needs 0 <= min <= initial <= max, max >= 1 and target > 0 (got {_short(raw)})",
               "fix the bounds")
+    if high > MAX_REPLICAS:
+        _fail(file, f"{where}.max", f"must be <= {MAX_REPLICAS}, got {high}",
+              "the plan holds one entry per replica; use a realistic maximum")
     return Replicas(low, high, initial, target, True)
 
 
