@@ -303,3 +303,170 @@ def test_units_pass_systemd_analyze_verify(rendered, tmp_path):
             assert unit.name not in result.stderr, f"{unit}: {result.stderr}"
     finally:
         subprocess.run(["podman", "rm", "-f", name], capture_output=True)
+
+
+# --- every engine argument the planner reads reaches the engine, at the planner's value ---------
+
+from gpufleet import engine_args as planned_args  # noqa: E402
+from gpufleet import ollama_unit  # noqa: E402
+from gpufleet.catalog import load_catalog  # noqa: E402
+from gpufleet.engine_args import MODEL_CONTEXT, EngineConstant  # noqa: E402
+from test_engine_args import planner_reads, vllm_fields  # noqa: E402,F401  (vllm_fields: a fixture)
+from test_systemd_quote import systemd_parse  # noqa: E402
+
+PLANNER_SOURCE = (REPO / "src/gpufleet/planner.py").read_text()
+
+
+def expected_engine_args(service: dict, strategy_file: Path, reads: dict) -> dict:
+    """Each argument planner.py reads (found in its source), at the planner's value: the strategy
+    file's own value, else the default planner.py reads it with, evaluated on the built-in catalog."""
+    raw = yaml.safe_load(strategy_file.read_text())
+    given = next(s for s in raw["services"] if s["name"] == service["name"]).get("engine_args") or {}
+    catalog, engine = load_catalog(), service["engine"]
+    on_cpu = engine == "vllm" and not any(b.get("GPU") for b in service["ray"]["bundles"])
+    expected = {}
+    for name, rule in reads[engine].items():
+        if on_cpu and name in planned_args.GPU_ONLY:
+            continue
+        if name in given:
+            expected[name] = given[name]
+        elif isinstance(rule, EngineConstant):
+            expected[name] = catalog.engines.get(engine, {}).get(rule.key, rule.fallback)
+        elif rule == MODEL_CONTEXT:
+            expected[name] = catalog.get(service["model"]).max_context
+        else:
+            expected[name] = rule
+    return expected
+
+
+def ollama_environment(unit_text: str) -> dict:
+    """The unit's environment as systemd parses it."""
+    return dict(line.split("=", 1) for line in systemd_parse(unit_text)["environment"])
+
+
+def ollama_value(value) -> str:
+    return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+def assert_planned_args_rendered(plan: dict, render_dir: Path, strategy_file: Path, reads: dict):
+    kwargs = {}
+    if (render_dir / "serve/serve_config.yaml").is_file():
+        config = yaml.safe_load((render_dir / "serve/serve_config.yaml").read_text())
+        kwargs = {c["deployment_config"]["name"]: c["engine_kwargs"]
+                  for app in config["applications"] for c in app["args"]["llm_configs"]}
+    checked = 0
+    for service in plan["services"]:
+        expected = expected_engine_args(service, strategy_file, reads)
+        if service["engine"] == "vllm":
+            got = kwargs[service["name"]]
+            for name, value in expected.items():
+                assert name in got and got[name] == value, (service["name"], name, got.get(name, "missing"), value)
+                checked += 1
+        else:
+            o = service["ollama"]
+            unit = render_dir / "ollama" / o["host"] / f"gpufleet-ollama-{service['name']}.service"
+            env = ollama_environment(unit.read_text())
+            assert env["OLLAMA_HOST"] == o["listen"]
+            for name, value in expected.items():
+                variable = ollama_unit.ENVIRONMENT[name]
+                assert env.get(variable) == ollama_value(value), (service["name"], variable, env.get(variable), value)
+                checked += 1
+    assert checked, "no engine argument checked"
+
+
+@pytest.mark.parametrize("strategy", FEASIBLE)
+def test_every_planned_engine_argument_is_rendered(rendered, vllm_fields, strategy):
+    """The Serve config's engine_kwargs and the Ollama units' environment carry every argument the
+    planner read, at the value it planned with (defaults included: Ray Serve LLM's and vLLM's differ)."""
+    r = rendered(strategy)
+    assert_feasible(r)
+    assert r.rc == 0, r.output
+    assert_planned_args_rendered(r.plan, r.dir, REPO / "strategies" / f"{strategy}.yml",
+                                 planner_reads(PLANNER_SOURCE, vllm_fields))
+
+
+def test_vllm_is_started_with_the_planned_arguments(rendered, vllm_fields):
+    """Through ray.serve.llm's own path to vLLM's AsyncEngineArgs (tests/engine_args_probe.py)."""
+    reads = planner_reads(PLANNER_SOURCE, vllm_fields)
+    folders, expected = [], {}
+    for strategy in FEASIBLE:
+        r = rendered(strategy)
+        assert_feasible(r)
+        services = [s for s in r.plan["services"] if s["engine"] == "vllm"]
+        if services:
+            folders.append(str(r.dir / "serve"))
+            expected[folders[-1]] = {s["name"]: expected_engine_args(s, REPO / "strategies" / f"{strategy}.yml", reads)
+                                     for s in services}
+    assert folders
+    run = subprocess.run([sys.executable, REPO / "tests/engine_args_probe.py", *folders], capture_output=True,
+                         text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+    started = json.loads(lines[-1][len("PROBE "):])
+    for folder, services in expected.items():
+        for name, args in services.items():
+            for arg, value in args.items():
+                assert started[folder][name][arg] == value, (folder, name, arg, started[folder][name][arg], value)
+
+
+OLLAMA_PAIR = """
+name: ollama-pair
+description: two Ollama servers on node-0 and one on node-1, with every Ollama argument
+services:
+  - name: chat-a
+    model: medgemma-4b-it:q8
+    engine: ollama
+    engine_args: {context_length: 8192, num_parallel: 2, kv_cache_type: q8_0, keep_alive: 10m}
+    placement: {host: node-0, gpus: [0]}
+    route: {model_name: chat-a}
+  - name: chat-b
+    model: medgemma-4b-it:q8
+    engine: ollama
+    engine_args: {flash_attention: true}
+    placement: {host: node-0, gpus: [1]}
+    route: {model_name: chat-b}
+  - name: chat-c
+    model: medgemma-4b-it:q8
+    engine: ollama
+    placement: {host: node-1, gpus: [0]}
+    route: {model_name: chat-c}
+"""
+
+
+def render_strategy(strategies: Path, name: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [BIN / "ansible-playbook", "-i", REPO / "inventory/production", REPO / "playbooks/render.yml",
+         "-e", f"strategy={name}", "-e", f"gpufleet_strategies_dir={strategies}", "-e", f"gpufleet_render_dir={out}"],
+        cwd=REPO, env=ENV, capture_output=True, text=True)
+
+
+def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path, vllm_fields):
+    strategies = tmp_path / "strategies"
+    strategies.mkdir()
+    (strategies / "ollama-pair.yml").write_text(OLLAMA_PAIR)
+    plan = api.plan_from_inventory(str(REPO / "inventory/production"), "ollama-pair", str(strategies))
+    assert plan["feasible"], plan["errors"]
+    listen = {s["name"]: s["ollama"]["listen"] for s in plan["services"]}
+    assert listen == {"chat-a": "127.0.0.1:11434", "chat-b": "127.0.0.1:11435", "chat-c": "127.0.0.1:11434"}
+    run = render_strategy(strategies, "ollama-pair", tmp_path / "out")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "out"
+    assert_planned_args_rendered(plan, out, strategies / "ollama-pair.yml", planner_reads(PLANNER_SOURCE, vllm_fields))
+    a = ollama_environment((out / "ollama/node-0/gpufleet-ollama-chat-a.service").read_text())
+    assert a["OLLAMA_KV_CACHE_TYPE"] == "q8_0" and a["OLLAMA_FLASH_ATTENTION"] == "1"  # quantised KV needs it
+    assert a["OLLAMA_KEEP_ALIVE"] == "10m" and a["OLLAMA_CONTEXT_LENGTH"] == "8192"
+    b = ollama_environment((out / "ollama/node-0/gpufleet-ollama-chat-b.service").read_text())
+    assert b["OLLAMA_FLASH_ATTENTION"] == "1" and b["OLLAMA_KV_CACHE_TYPE"] == "f16"
+    assert b["OLLAMA_HOST"] != a["OLLAMA_HOST"]
+
+
+def test_a_quantised_ollama_cache_without_flash_attention_is_refused(tmp_path):
+    strategies = tmp_path / "strategies"
+    strategies.mkdir()
+    (strategies / "ollama-nofa.yml").write_text(
+        OLLAMA_PAIR.replace("name: ollama-pair", "name: ollama-nofa")
+        .replace("kv_cache_type: q8_0, keep_alive: 10m", "kv_cache_type: q8_0, flash_attention: false"))
+    run = render_strategy(strategies, "ollama-nofa", tmp_path / "out")
+    assert run.returncode != 0
+    assert "needs flash attention" in run.stdout + run.stderr
+    assert not list((tmp_path / "out").rglob("gpufleet-ollama-chat-a.service"))

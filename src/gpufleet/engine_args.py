@@ -36,6 +36,9 @@ VLLM = {
     "max_num_batched_tokens": EngineConstant("max_num_batched_tokens", 2048),
     "max_num_seqs": EngineConstant("max_num_seqs", 256),
     "block_size": EngineConstant("block_size", 16),
+    # None: vLLM decides (on for generating models on GPUs), and the planner models that decision
+    # (memory.max_concurrent_batches); passed as null, which is vLLM's own default.
+    "async_scheduling": None,
 }
 OLLAMA = {
     "context_length": EngineConstant("context_length", 4096),
