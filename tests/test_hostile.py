@@ -268,6 +268,8 @@ CASES = {
                                                         where="services[m].replicas", says=("<= 10000",))),
     "engine: autoscaling max a million": Case("engine", 2, **S(strategy_text([vllm(replicas={"min": 0, "max": 10**6})]),
                                                                where="services[m].replicas.max", says=("<= 10000",))),
+    "engine: 1001 services": Case("engine", 2, **S(strategy_text([vllm(name=f"s{i}") for i in range(1001)]),
+                                                   where="services", says=("at most 1000",))),
     "engine: replicas beyond the cluster": Case("engine", 3, **S(strategy_text([vllm(replicas=9)]),
                                                                  where="services[m].replicas",
                                                                  says=("[replicas_exceed_capacity]",))),

@@ -19,6 +19,7 @@ NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 ROUTE_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._:/-]{0,126}[A-Za-z0-9])?")
 MAX_TEXT = 4096  # model ids, paths, revisions, descriptions
 MAX_REPLICAS = 10_000  # per service; more is a typo, and the plan (one entry per replica) would be huge
+MAX_SERVICES = 1_000   # per strategy: 1000 plan in ~3 s; the 19000 a 1 MiB file can hold took minutes
 
 # Values vLLM 0.32 refuses at start, for the engine arguments the schema knows. Copied (the
 # planner must not import vLLM); tests/test_hostile.py::test_vllm_value_lists_match_vllm
@@ -287,6 +288,9 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
     raw_services = data.get("services")
     if not isinstance(raw_services, list) or not raw_services:
         _fail(file, "services", "must be a non-empty list", "add at least one service")
+    if len(raw_services) > MAX_SERVICES:
+        _fail(file, "services", f"holds {len(raw_services)} services; at most {MAX_SERVICES} are planned",
+              "split the strategy, or use replicas for copies of one service")
     services = tuple(_service(raw, i, file) for i, raw in enumerate(raw_services))
     seen = set()
     for service in services:
