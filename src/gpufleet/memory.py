@@ -133,11 +133,11 @@ def max_concurrent_batches(gpu: bool, runner: str, async_scheduling: bool | None
 
     - CPU: platforms/cpu.py:329-331 sets async_scheduling = False -> pipeline_parallel_size.
     - GPU, async_scheduling omitted (None): on (line 1644), unless the model is a pooling model
-      (line 1588), or the executor cannot (line 1620: Ray Serve LLM sets distributed_executor_backend
+      (line 1586-1596), or the executor cannot (lines 1620-1626: Ray Serve LLM sets distributed_executor_backend
       "ray" on GPUs, ray/llm/_internal/serve/engines/vllm/vllm_models.py:147-162, which is RayExecutorV2
       with VLLM_USE_RAY_V2_EXECUTOR_BACKEND=1, the default, envs.py:944 and v1/executor/abstract.py:77-80;
       a MultiprocExecutor subclass, which supports it, multiproc_executor.py:564-566), or PP > 1 on the
-      V1 model runner (line 1634). Speculative decoding, which gpufleet does not configure, is left out.
+      V1 model runner (lines 1634-1642). Speculative decoding, which gpufleet does not configure, is left out.
     - async_scheduling: false -> off, pipeline_parallel_size.
     - on: pipeline_parallel_size + 1 on the V2 model runner, 2 on V1 (line 581-586).
     gpufleet has no pipeline_parallel_size engine argument (1 always); the parameter keeps the rule whole."""
@@ -175,7 +175,7 @@ def blocks_per_sequence(model: Model, max_model_len: int, block_size: int, in_fl
     """(blocks a full-attention group, blocks a sliding-window group) holds for one max_model_len request:
     FullAttentionSpec cdiv(L, block) (v1/kv_cache_interface.py:602-607); SlidingWindowSpec
     cdiv(min(window - 1 + extra_retained_tokens + max_in_flight_tokens, L), block) + 1 (lines 860-884),
-    extra_retained_tokens 0 without multi-module speculative decoding (kv_cache_utils.py:2584),
+    extra_retained_tokens 0 without multi-module speculative decoding (kv_cache_utils.py:2585),
     max_in_flight_tokens = max_concurrent_batches x max_num_batched_tokens (config/vllm.py:589-598)."""
     full = cdiv(max_model_len, block_size)
     if not model.sliding_layers:
@@ -201,7 +201,7 @@ def kv_cache_tokens(model: Model, kv_mib: float, tp: int, dtype_bytes: int, bloc
                     max_model_len: int, in_flight_tokens: int) -> int:
     """Tokens vLLM logs as "GPU KV cache size: N tokens" (update_kv_cache_capacity, kv_cache_utils.py:2300-2334):
     int(num_blocks / blocks per request x max_model_len), num_blocks = KV bytes // block bytes
-    (get_kv_cache_config_from_groups, line 1620) - every block, the null block included."""
+    (get_kv_cache_config_from_groups, line 1627) - every block, the null block included."""
     if model.runner != "generate" or kv_mib <= 0:
         return 0
     blocks = int(kv_mib * MIB) // block_bytes(model, tp, dtype_bytes, block_size)
@@ -234,7 +234,8 @@ def longest_sequence(model: Model, kv_mib: float, tp: int, dtype_bytes: int, blo
     return low
 
 
-def ollama_mib(arch: Model, size_bytes: int, context_length: int, num_parallel: int, kv_dtype_bytes: int) -> tuple[float, float]:
+def ollama_mib(arch: Model, size_bytes: int, context_length: int, num_parallel: int,
+               kv_dtype_bytes: int) -> tuple[float, float]:
     """(weights, KV cache) of an Ollama model in MiB: GGUF size, and f16 K/V for every layer
     over context_length x num_parallel tokens (llama.cpp's cache, sliding layers counted in full)."""
     kv = arch.layers * kv_bytes_per_token_layer(arch, 1, kv_dtype_bytes) * context_length * num_parallel

@@ -308,7 +308,8 @@ class _Planner:
         arch = self.catalog.architecture(sp.model)
         args, consts = service.engine_args, self.ollama
         kv_bytes = {"q8_0": 1, "q4_0": 1}.get(args.get("kv_cache_type", "f16"), 2)
-        weights, kv = mem.ollama_mib(arch, sp.model.size_bytes, args.get("context_length", consts.get("context_length", 4096)),
+        weights, kv = mem.ollama_mib(arch, sp.model.size_bytes,
+                                     args.get("context_length", consts.get("context_length", 4096)),
                                      args.get("num_parallel", consts.get("num_parallel", 1)), kv_bytes)
         count = len(service.gpus)
         graph, context = consts.get("graph_overhead_mib", 0), consts.get("cuda_context_mib", 0)
@@ -352,8 +353,9 @@ class _Planner:
             while replica < wanted and self.try_place(sp, node, replica):
                 replica += 1
         while replica < wanted:  # co-located by the strategy: place anyway, the device check reports it
-            best = max(usable, key=lambda n: (self.alone_capacity(sp, n) > 0,
-                                              sum(sorted((d.free_mib for d in self.devices[n.host]), reverse=True)[:sp.tp])))
+            best = max(usable, key=lambda n: (
+                self.alone_capacity(sp, n) > 0,
+                sum(sorted((d.free_mib for d in self.devices[n.host]), reverse=True)[:sp.tp])))
             self.try_place(sp, best, replica, force=True)
             replica += 1
 
@@ -399,7 +401,8 @@ class _Planner:
                     mem.weights_mib(sp.model, self._dtype_bytes(sp.service)[0], tp) < inst.budget]
             self.error("weights_do_not_fit",
                        f"weights need {inst.weights:.0f} MiB per device ({sp.model.key} / TP {sp.tp}) "
-                       f"but gpu_memory_utilization {sp.util:.2f} x {device.memory_mib} MiB gives {inst.budget:.0f} MiB",
+                       f"but gpu_memory_utilization {sp.util:.2f} x {device.memory_mib} MiB "
+                       f"gives {inst.budget:.0f} MiB",
                        (f"raise gpu_memory_utilization to at least {mem.ceil_share(least_util):.2f}"
                         if least_util <= 0.99 else
                         f"use tensor_parallel_size {fits[0]}" if fits else "use bigger devices or a quantised build"),
