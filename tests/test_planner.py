@@ -800,6 +800,9 @@ def test_seed_002_worker_memory_within_3_percent():
     assert abs(share) <= 0.03, (f"planner {inst.held:.0f} MiB, measured {SEED_002_WORKER_MIB} MiB, "
                                 f"difference {difference:+.0f} MiB ({share:+.2%})")
     assert (round(inst.held), round(difference), round(share * 100, 2)) == (21332, 602, 2.9)
+    # the plan's allocation carries the figure (for planned-versus-observed)
+    placed = plan(cluster, load_catalog(), strategy)
+    assert {a.held for d in placed.devices for a in d.allocations} == {inst.held}
 
 
 # vLLM's own sizing, run from the installed package (tests/kv_cache_probe.py, its own interpreter)

@@ -24,6 +24,7 @@ class Allocation:
     parts: dict
     share: float | None = None  # gpu_memory_utilization of a vLLM instance
     label: str = ""  # how the figure was computed, for messages
+    held: float | None = None  # what the running vLLM process holds (Instance.held), for planned-versus-observed
 
 
 @dataclass
@@ -284,7 +285,8 @@ class _Planner:
                      + (f" + {inst.context:.0f} CUDA context" if inst.context else "")
                      + (f" + {inst.need - inst.budget - inst.context:.0f} sampler warm-up"
                         if inst.need > inst.budget + inst.context + EPSILON_MIB else ""))
-            device.add(Allocation(sp.name, replica, inst.need, inst.parts(), sp.util, label))
+            device.add(Allocation(sp.name, replica, inst.need, inst.parts(), sp.util, label,
+                                  inst.held if device.kind == "gpu" else None))
         sp.placements.append((replica, node.host, [d.index for d in chosen]))
 
     # ---- placement ------------------------------------------------------------
