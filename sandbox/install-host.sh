@@ -5,7 +5,8 @@
 #   sudo bash sandbox/install-host.sh
 #
 # What it does:
-#   1. installs podman, runc and debootstrap from the Debian archive (skipped
+#   1. installs podman, runc, debootstrap and systemd (tests/test_systemd_quote.py
+#      parses units with `systemd --test`) from the Debian archive (skipped
 #      when they are already there);
 #   2. makes podman use runc and container ulimits the kernel accepts here, by
 #      setting two keys in /etc/containers/containers.conf and leaving every
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 CONF=${GPUFLEET_CONTAINERS_CONF:-/etc/containers/containers.conf}
-PACKAGES=(podman runc debootstrap)
+PACKAGES=(podman runc debootstrap systemd)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "install-host.sh: run as root (apt-get and $CONF need it)" >&2

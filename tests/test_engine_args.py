@@ -9,6 +9,7 @@ Also the Ollama unit facts (gpufleet.ollama_unit): ports and environment.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import subprocess
@@ -82,20 +83,26 @@ def table_mismatches(source: str, vllm_fields: set) -> list:
             if name not in table:
                 problems.append(f"{engine}: planner reads {name} (default {rule!r}); gpufleet.engine_args lacks it")
             elif table[name] != rule:
-                problems.append(f"{engine}: planner assumes {name} = {rule!r}; gpufleet.engine_args says {table[name]!r}")
+                problems.append(f"{engine}: planner assumes {name} = {rule!r}; "
+                                f"gpufleet.engine_args says {table[name]!r}")
         for name in set(table) - set(names):
             problems.append(f"{engine}: gpufleet.engine_args lists {name}, which the planner does not read")
     return problems
 
 
-@pytest.fixture(scope="session")
-def vllm_fields() -> set:
+@functools.cache
+def vllm_field_names() -> frozenset:
     """AsyncEngineArgs field names of the installed vLLM (in its own interpreter: see the probe)."""
     run = subprocess.run([sys.executable, REPO / "tests/engine_args_probe.py", "--fields"], capture_output=True,
                          text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
     assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
-    return set(json.loads(lines[-1][len("PROBE "):]))
+    return frozenset(json.loads(lines[-1][len("PROBE "):]))
+
+
+@pytest.fixture
+def vllm_fields() -> frozenset:
+    return vllm_field_names()
 
 
 def test_the_table_is_what_the_planner_reads(vllm_fields):
@@ -108,7 +115,8 @@ def test_the_table_is_what_the_planner_reads(vllm_fields):
 
 @pytest.mark.parametrize("edit, complaint", [
     # a new argument the planner starts to read
-    ('seqs = args.get("max_num_seqs"', 'speculative = args.get("num_speculative_tokens", 0)\n            seqs = args.get("max_num_seqs"'),
+    ('seqs = args.get("max_num_seqs"',
+     'speculative = args.get("num_speculative_tokens", 0)\n            seqs = args.get("max_num_seqs"'),
     # a default that moves in the planner but not in the table
     ('args.get("enforce_eager", False)', 'args.get("enforce_eager", True)'),
     ('args.get("kv_cache_type", "f16")', 'args.get("kv_cache_type", "q8_0")'),
@@ -139,7 +147,8 @@ def _service(**args):
 
 
 def test_ollama_environment_carries_every_argument():
-    env = ollama_unit.environment(_service(context_length=8192, num_parallel=2, keep_alive="10m", flash_attention=False))
+    env = ollama_unit.environment(_service(context_length=8192, num_parallel=2, keep_alive="10m",
+                                           flash_attention=False))
     assert env == {"OLLAMA_CONTEXT_LENGTH": "8192", "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KV_CACHE_TYPE": "f16",
                    "OLLAMA_KEEP_ALIVE": "10m", "OLLAMA_FLASH_ATTENTION": "0"}
 

@@ -20,7 +20,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from gpufleet import api  # noqa: E402
+from test_engine_args import planner_reads, vllm_field_names  # noqa: E402
+from test_systemd_quote import systemd_parse  # noqa: E402
+
+from gpufleet import api, ollama_unit  # noqa: E402
+from gpufleet import engine_args as planned_args  # noqa: E402
+from gpufleet.catalog import load_catalog  # noqa: E402
+from gpufleet.engine_args import MODEL_CONTEXT, EngineConstant  # noqa: E402
 from gpufleet.errors import InputError  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -132,9 +138,10 @@ def test_app_builds_with_config_overrides(rendered, strategy):
         got = deployments[f"LLMServer:{service['name']}"]
         assert got["placement_group_strategy"] == "STRICT_PACK"
         assert len(got["placement_group_bundles"]) == len(service["ray"]["bundles"])
-        for bundle, planned in zip(got["placement_group_bundles"], service["ray"]["bundles"]):
+        for bundle, planned in zip(got["placement_group_bundles"], service["ray"]["bundles"], strict=True):
             # bundle 0 also holds the replica actor (CPU 1, GPU 0) that ray.serve.llm merges in
-            assert {k: v for k, v in bundle.items() if k != "CPU" and v} == {k: v for k, v in planned.items() if k != "CPU"}
+            got_bundle = {k: v for k, v in bundle.items() if k != "CPU" and v}
+            assert got_bundle == {k: v for k, v in planned.items() if k != "CPU"}
         assert got["placement_group_bundle_label_selector"] == service["ray"]["bundle_label_selector"]
         assert got["accelerator_type"] is None
         if service["replicas"]["autoscaling"]:
@@ -196,7 +203,8 @@ def test_fractional_bundles_reach_vllm(rendered):
     assert 0 < share < 1 and all(b == {"GPU": share} for b in bundles)
     report = probe(r)
     assert report["engine_env"]["medgemma-27b-node0"]["VLLM_RAY_PER_WORKER_GPUS"] == str(share)
-    assert report["deployments"]["LLMServer:medgemma-27b-node0"]["placement_group_bundles"][0] == {"GPU": share, "CPU": 1}
+    first_bundle = report["deployments"]["LLMServer:medgemma-27b-node0"]["placement_group_bundles"][0]
+    assert first_bundle == {"GPU": share, "CPU": 1}
 
 
 def test_ray_units_do_not_depend_on_the_strategy(rendered):
@@ -307,13 +315,6 @@ def test_units_pass_systemd_analyze_verify(rendered, tmp_path):
 
 # --- every engine argument the planner reads reaches the engine, at the planner's value ---------
 
-from gpufleet import engine_args as planned_args  # noqa: E402
-from gpufleet import ollama_unit  # noqa: E402
-from gpufleet.catalog import load_catalog  # noqa: E402
-from gpufleet.engine_args import MODEL_CONTEXT, EngineConstant  # noqa: E402
-from test_engine_args import planner_reads, vllm_fields  # noqa: E402,F401  (vllm_fields: a fixture)
-from test_systemd_quote import systemd_parse  # noqa: E402
-
 PLANNER_SOURCE = (REPO / "src/gpufleet/planner.py").read_text()
 
 
@@ -375,19 +376,19 @@ def assert_planned_args_rendered(plan: dict, render_dir: Path, strategy_file: Pa
 
 
 @pytest.mark.parametrize("strategy", FEASIBLE)
-def test_every_planned_engine_argument_is_rendered(rendered, vllm_fields, strategy):
+def test_every_planned_engine_argument_is_rendered(rendered, strategy):
     """The Serve config's engine_kwargs and the Ollama units' environment carry every argument the
     planner read, at the value it planned with (defaults included: Ray Serve LLM's and vLLM's differ)."""
     r = rendered(strategy)
     assert_feasible(r)
     assert r.rc == 0, r.output
     assert_planned_args_rendered(r.plan, r.dir, REPO / "strategies" / f"{strategy}.yml",
-                                 planner_reads(PLANNER_SOURCE, vllm_fields))
+                                 planner_reads(PLANNER_SOURCE, vllm_field_names()))
 
 
-def test_vllm_is_started_with_the_planned_arguments(rendered, vllm_fields):
+def test_vllm_is_started_with_the_planned_arguments(rendered):
     """Through ray.serve.llm's own path to vLLM's AsyncEngineArgs (tests/engine_args_probe.py)."""
-    reads = planner_reads(PLANNER_SOURCE, vllm_fields)
+    reads = planner_reads(PLANNER_SOURCE, vllm_field_names())
     folders, expected = [], {}
     for strategy in FEASIBLE:
         r = rendered(strategy)
@@ -440,7 +441,7 @@ def render_strategy(strategies: Path, name: str, out: Path) -> subprocess.Comple
         cwd=REPO, env=ENV, capture_output=True, text=True)
 
 
-def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path, vllm_fields):
+def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path):
     strategies = tmp_path / "strategies"
     strategies.mkdir()
     (strategies / "ollama-pair.yml").write_text(OLLAMA_PAIR)
@@ -451,7 +452,8 @@ def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path,
     run = render_strategy(strategies, "ollama-pair", tmp_path / "out")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "out"
-    assert_planned_args_rendered(plan, out, strategies / "ollama-pair.yml", planner_reads(PLANNER_SOURCE, vllm_fields))
+    assert_planned_args_rendered(plan, out, strategies / "ollama-pair.yml",
+                                 planner_reads(PLANNER_SOURCE, vllm_field_names()))
     a = ollama_environment((out / "ollama/node-0/gpufleet-ollama-chat-a.service").read_text())
     assert a["OLLAMA_KV_CACHE_TYPE"] == "q8_0" and a["OLLAMA_FLASH_ATTENTION"] == "1"  # quantised KV needs it
     assert a["OLLAMA_KEEP_ALIVE"] == "10m" and a["OLLAMA_CONTEXT_LENGTH"] == "8192"

@@ -75,7 +75,7 @@ def test_environment_keeps_dollars_and_escapes_the_rest():
     f = _filters_module()
     assert f.systemd_environment("HOME", "/var/lib/ray") == '"HOME=/var/lib/ray"'
     assert f.systemd_environment("A", 'x$y%z"w\\v') == '"A=x$y%%z\\"w\\\\v"'
-    with pytest.raises(Exception, match="not"):
+    with pytest.raises(f.AnsibleFilterError, match="not"):
         f.systemd_environment("BAD NAME", "x")
 
 
@@ -84,7 +84,7 @@ def test_executable_must_be_a_plain_absolute_path():
     assert f.systemd_executable("/opt/gpufleet/ray-venv/bin/ray") == "/opt/gpufleet/ray-venv/bin/ray"
     assert f.systemd_executable("/opt/my tools/50%/ray") == '"/opt/my tools/50%%/ray"'
     for bad in ("relative/ray", '/opt/"x"/ray', "/opt/$X/ray", "/opt/a\\b", "/opt/a\nb"):
-        with pytest.raises(Exception):
+        with pytest.raises(f.AnsibleFilterError):
             f.systemd_executable(bad)
 
 

@@ -60,7 +60,8 @@ def systemd_executable(path) -> str:
     systemd refuses quotes and backslashes in it ("Executable name contains special
     characters") and does not expand variables in it, so those are refused here; `%` is escaped."""
     path = str(path)
-    if not path.startswith("/") or any(c in path for c in '"\\$') or any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if (not path.startswith("/") or any(c in path for c in '"\\$')
+            or any(ord(c) < 32 or ord(c) == 127 for c in path)):
         raise AnsibleFilterError(f"executable {path!r}: systemd needs an absolute path without quotes, "
                                  "backslashes, $ or control characters")
     if _PLAIN_WORD_RE.fullmatch(path):
@@ -106,7 +107,8 @@ def nvidia_smi_gpus(text: str) -> list:
         if len(cells) != len(NVIDIA_SMI_FIELDS):
             raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}")
         try:
-            gpus.append({"index": int(cells[0]), "uuid": cells[1], "name": cells[2], "memory_mib": int(float(cells[3]))})
+            gpus.append({"index": int(cells[0]), "uuid": cells[1], "name": cells[2],
+                         "memory_mib": int(float(cells[3]))})
         except ValueError:
             raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}") from None
     return gpus
