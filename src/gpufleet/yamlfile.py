@@ -103,8 +103,9 @@ def _decode(raw: bytes, source: str) -> str:
                          "save the file as UTF-8") from None
 
 
-def load_text(text: str | bytes, source: str, max_bytes: int = MAX_BYTES):
-    """The data of one YAML document, or an InputError; `source` names the file in messages."""
+def load_text(text: str | bytes, source: str, max_bytes: int = MAX_BYTES, construct: bool = True):
+    """The data of one YAML document, or an InputError; `source` names the file in messages.
+    construct=False only checks (Ansible's own tags, !vault and !unsafe, are not the safe loader's)."""
     raw = text.encode("utf-8") if isinstance(text, str) else text
     if len(raw) > max_bytes:
         raise InputError("file_too_large", source, "-", f"is {len(raw)} bytes; the limit is {max_bytes} bytes",
@@ -116,7 +117,7 @@ def load_text(text: str | bytes, source: str, max_bytes: int = MAX_BYTES):
         if node is None:
             return None
         _check_graph(node, source)
-        return loader.construct_document(node)
+        return loader.construct_document(node) if construct else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "-"
@@ -132,7 +133,8 @@ def load_text(text: str | bytes, source: str, max_bytes: int = MAX_BYTES):
         loader.dispose()
 
 
-def load_file(path: str | Path, max_bytes: int = MAX_BYTES, what: str = "file", fix: str = ""):
+def load_file(path: str | Path, max_bytes: int = MAX_BYTES, what: str = "file", fix: str = "",
+              construct: bool = True):
     """Read and parse one YAML file: at most `max_bytes` are read, whatever the file is."""
     source = str(path)
     try:
@@ -149,4 +151,42 @@ def load_file(path: str | Path, max_bytes: int = MAX_BYTES, what: str = "file", 
     if len(raw) > max_bytes:
         raise InputError("file_too_large", source, "-", f"is larger than the limit of {max_bytes} bytes",
                          "a strategy or catalog file is a few KiB: split it, or point at the right file")
-    return load_text(raw, source, max_bytes)
+    return load_text(raw, source, max_bytes, construct)
+
+
+_INVENTORY_YAML = ("", ".yml", ".yaml", ".json")
+
+
+def check_inventory(path: str | Path, max_bytes: int = MAX_BYTES) -> None:
+    """The YAML an Ansible inventory is made of, checked as load_file checks a strategy (size, text,
+    duplicate keys, alias bombs) before Ansible reads it: Ansible expands aliases when it copies
+    host variables, and keeps the last of two keys with a warning only.
+
+    Checked: a YAML inventory file, the YAML files of an inventory folder, and the group_vars/
+    and host_vars/ folders beside them (files ending in .yml, .yaml, .json or nothing, as
+    Ansible's vars plugin reads them). INI and script inventories are left to Ansible."""
+    root = Path(path)
+    if not root.exists():
+        return
+    base = root if root.is_dir() else root.parent
+    candidates = [] if root.is_dir() else [root]
+    if root.is_dir():
+        candidates += [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix in (".yml", ".yaml")]
+    for vars_dir in (base / "group_vars", base / "host_vars"):
+        if vars_dir.is_dir():
+            candidates += [p for p in sorted(vars_dir.rglob("*"))
+                           if p.is_file() and p.suffix in _INVENTORY_YAML and not p.name.startswith(".")]
+    for candidate in candidates:
+        if candidate.suffix not in (".yml", ".yaml", ".json") and candidate == root:
+            continue  # an INI or script inventory named on the command line
+        if candidate.suffix == "" and _looks_vaulted(candidate):
+            continue
+        load_file(candidate, max_bytes, what="inventory file", construct=False)
+
+
+def _looks_vaulted(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(14) == b"$ANSIBLE_VAULT"
+    except OSError:
+        return False
