@@ -162,7 +162,7 @@ CASES = {
     "catalog yaml: missing": Case("catalog-yaml", 2, files={"strategies/t.yml": strategy_text()},
                                   argv=Case.argv + ("--catalog", "{tmp}/nope.yml"), file="nope.yml",
                                   says=("[missing_file]", "No such file")),
-    "catalog yaml: unknown top-level key": Case("catalog-yaml", 2, **CAT({"modles": {}}, where="modles")),
+    "catalog yaml: unknown top-level key": Case("catalog-yaml", 2, **CAT({"models": {}, "modles": {}}, where="modles")),
     # ---- catalog entries -------------------------------------------------------------------------------
     "catalog: negative layers": Case("catalog", 2, **CAT(tiny(layers=-4), where="models.acme/tiny.layers")),
     "catalog: string layers": Case("catalog", 2, **CAT(tiny(layers="32"), where="models.acme/tiny.layers",
@@ -209,6 +209,9 @@ CASES = {
     "catalog: gpus a list": Case("catalog", 2, **CAT({"gpus": ["A10"]}, where="gpus")),
     "catalog: gpu reserved a string": Case("catalog", 2, **CAT({"gpus": {"A10": {"reserved_mib": "513"}}},
                                                                where="gpus.A10")),
+    "catalog: another file's content is not echoed": Case("catalog", 2, **CAT(
+        "root:$6$secrethash$xyz:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n", where="models",
+        says=("a catalog is a mapping",))),
     "catalog: models a list": Case("catalog", 2, **CAT({"models": [1]}, where="models")),
     "catalog: good extra entry accepted": Case("catalog", 0, **CAT(tiny(), services=[vllm(
         model="acme/tiny", engine_args={"max_model_len": 2048})], file=None)),
@@ -313,6 +316,10 @@ CASES = {
                                              argv=Case.argv + ("--svg", "{tmp}/no/such/plan.svg"),
                                              file="no/such/plan.svg",
                                              where="--svg", says=("does not exist",)),
+    "cli: --out into a missing folder, before planning": Case("cli", 2, files={"strategies/t.yml": strategy_text()},
+                                                               argv=Case.argv + ("--out", "{tmp}/no/plan.json"),
+                                                               file="no/plan.json", where="--out",
+                                                               says=("does not exist",)),
     "cli: --svg onto a folder": Case("cli", 2, files={"strategies/t.yml": strategy_text()},
                                      argv=Case.argv + ("--svg", "{tmp}/strategies"), file="strategies",
                                      where="--svg", says=("is a folder",)),
@@ -474,8 +481,6 @@ def test_inventory_yaml_is_checked_before_ansible_reads_it(tmp_path, name):
     assert caught.value.code == code and caught.value.file == str(tmp_path / where), str(caught.value)
 
 
-@pytest.mark.xfail(reason="the inventory reader (inventory.read_inventory) does not call yamlfile.check_inventory "
-                   "yet: Ansible keeps the last of two keys with a warning", strict=False)
 def test_duplicate_key_in_group_vars_through_the_cli(tmp_path):
     case = Case("inventory", 2, files={"strategies/t.yml": strategy_text(),
                                        "inventory/group_vars/all.yml": "gpufleet_gpus: {count: 4, model: A10, "

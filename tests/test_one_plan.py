@@ -149,3 +149,14 @@ def test_ray_play_needs_no_strategy(tmp_path):
     assert "3 nodes read from the inventory" in run.stdout
     listed = play("-i", inventory, REPO / "playbooks/ray.yml", "--list-tasks")
     assert listed.returncode == 0 and "Plan the strategy" not in listed.stdout
+
+
+def test_the_play_refuses_what_the_cli_refuses(tmp_path):
+    """A duplicate key in group_vars (Ansible alone would keep the last one with a warning)."""
+    inventory = templated_inventory(tmp_path / "inv")
+    group_vars = inventory / "group_vars/all.yml"
+    group_vars.write_text(group_vars.read_text() + "gpufleet_node_ip: 127.0.0.9\n")
+    assert main(["plan", "-i", str(inventory), "-s", "cxr-worker"]) == 2
+    run = play("-i", inventory, REPO / "playbooks/site.yml", "-e", "strategy=cxr-worker")
+    assert run.returncode != 0 and "[duplicate_key]" in run.stdout and str(group_vars) in run.stdout, run.stdout
+    assert "node-" not in run.stdout.split("PLAY RECAP")[1]

@@ -12,6 +12,7 @@ try:
     from gpufleet.inventory import cluster_from_hostvars, planner_hostvars
     from gpufleet.report import nodes_to_list
     from gpufleet.strategy import list_strategies
+    from gpufleet.yamlfile import check_inventory
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise ImportError(f"the gpufleet Python package is not importable by this Ansible ({exc}); "
                       "install it into the Python that runs ansible-playbook: pip install gpufleet") from exc
@@ -53,6 +54,8 @@ class ActionModule(ActionBase):
         source = _api.inventory_source(sources[0]) if len(sources) == 1 else ",".join(sources)
         groups = {name: list(hosts) for name, hosts in task_vars.get("groups", {}).items()}
         try:
+            for inventory in sources:  # the same file checks as the CLI's reader (gpufleet.inventory)
+                check_inventory(inventory)
             cluster = cluster_from_hostvars(groups, planner_hostvars(groups, task_vars.get("hostvars", {})), source)
             if args["plan_file"]:
                 plan = _api.read_plan_file(args["plan_file"], cluster)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .selectors import KEY_RE, VALUE_RE
+from .yamlfile import check_inventory
 
 HEAD_GROUP, WORKER_GROUP = "ray_head", "ray_workers"
 HOST_LABEL, GROUP_LABEL, GPU_MODEL_LABEL = "gpufleet.io/host", "gpufleet.io/group", "gpufleet.io/gpu-model"
@@ -220,6 +221,7 @@ def read_inventory(path: str) -> tuple[dict, dict]:
     if not _plugins_ready:  # lookups and filters in templated values, set up as ansible-playbook does
         init_plugin_loader([])
         _plugins_ready = True
+    check_inventory(path)  # duplicate keys, alias bombs, size: refused before Ansible reads the files
     loader = DataLoader()
     try:
         inventory = InventoryManager(loader=loader, sources=[path])
