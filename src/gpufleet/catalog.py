@@ -80,12 +80,14 @@ def _read_yaml(path: Path | str, text: str | bytes | None = None) -> dict:
                                   fix="check the path given with --catalog / gpufleet_catalog_files")
     else:
         data = yamlfile.load_text(text, str(path))
-    if not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict):
+    if (not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict)
+            or not set(data) & {"models", "engines", "gpus"}):
+        # no key of the file is echoed: --catalog pointed at some other file must not print its content
         raise InputError("invalid_field", str(path), "models",
                          "a catalog is a mapping with a `models:` mapping", "see src/gpufleet/catalog.yml")
     unknown = sorted(map(str, set(data) - {"models", "engines", "gpus"}))
     if unknown:
-        raise InputError("invalid_field", str(path), unknown[0], "is not a catalog key",
+        raise InputError("invalid_field", str(path), unknown[0][:64], "is not a catalog key",
                          "a catalog holds models:, engines: and gpus:")
     if not isinstance(data.get("gpus") or {}, dict):
         raise InputError("invalid_field", str(path), "gpus", "must be a mapping of GPU model to facts",

@@ -96,6 +96,8 @@ def cmd_plan(args) -> int:
 
     if args.svg:
         _check_output_file(args.svg, "--svg")
+    if args.out:
+        _check_output_file(args.out, "--out")
     data = _plan(args, args.strategy)
     if args.out and data["feasible"]:
         from .api import write_plan_file
