@@ -309,6 +309,17 @@ CASES = {
                                                              where="node-0.gpufleet_gpus.memory_mib")),
     "inventory: gpu count a bool": Case("inventory", 2, **INV(group_vars={"gpufleet_gpus": {**A10, "count": True}},
                                                           where="node-0.gpufleet_gpus.count")),
+    "inventory: alias bomb in group_vars": Case("inventory", 2, **INV(files={
+        "strategies/t.yml": strategy_text(),
+        "inventory/group_vars/all.yml": "gpufleet_gpus: {count: 0}\n" + ALIAS_BOMB.replace("services: *i", "x: *i")},
+        file="inventory/group_vars/all.yml", says=("[yaml_alias]",))),
+    "inventory: duplicate key in host_vars": Case("inventory", 2, **INV(files={
+        "strategies/t.yml": strategy_text(),
+        "inventory/host_vars/node-1.yml": "gpufleet_node_ip: 127.0.0.9\ngpufleet_node_ip: 127.0.0.8\n"},
+        file="inventory/host_vars/node-1.yml", where="gpufleet_node_ip", says=("[duplicate_key]",))),
+    "inventory: binary group_vars": Case("inventory", 2, **INV(files={
+        "strategies/t.yml": strategy_text(), "inventory/group_vars/all": b"\x00\xff" * 8},
+        file="inventory/group_vars/all", says=("[not_text]",))),
     "inventory: ipv6 node ip accepted": Case("inventory", 0, **INV(host_vars={
         "node-1": {"gpufleet_node_ip": "fd00::2"}}, file=None)),
     # ---- the command line ----------------------------------------------------------------------------
