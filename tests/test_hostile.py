@@ -261,6 +261,17 @@ CASES = {
                                                   where="services[m].engine_args.dtype")),
     "engine: tokenizer_mode banana": Case("engine", 2, **S(strategy_text([vllm(engine_args={"tokenizer_mode": "x"})]),
                                                            where="services[m].engine_args.tokenizer_mode")),
+    "engine: limit_mm_per_prompt a string": Case("engine", 2, **S(strategy_text([vllm(
+        engine_args={"limit_mm_per_prompt": {"image": "2\n--x"}})]),
+        where="services[m].engine_args.limit_mm_per_prompt.image")),
+    "engine: limit_mm_per_prompt unknown option": Case("engine", 2, **S(strategy_text([vllm(
+        engine_args={"limit_mm_per_prompt": {"image": {"count": 1, "depth": 3}}})]),
+        where="services[m].engine_args.limit_mm_per_prompt.image.depth", says=("count, width, height",))),
+    "engine: limit_mm_per_prompt negative": Case("engine", 2, **S(strategy_text([vllm(
+        engine_args={"limit_mm_per_prompt": {"video": -1}})]),
+        where="services[m].engine_args.limit_mm_per_prompt.video.count")),
+    "engine: limit_mm_per_prompt accepted": Case("engine", 0, file=None, **S(strategy_text([vllm(
+        engine_args={"limit_mm_per_prompt": {"image": 2, "video": {"count": 1, "num_frames": 8}}})]))),
     "engine: utilization nan": Case("engine", 2, **S(strategy_text().replace("0.9", ".nan"),
                                                      where="services[m].engine_args.gpu_memory_utilization")),
     "engine: max_num_seqs 2**60": Case("engine", 2, **S(strategy_text([vllm(engine_args={"max_num_seqs": 2**60})]),
@@ -509,6 +520,7 @@ from vllm.config.model import ModelDType, TokenizerMode
 from vllm.engine.arg_utils import EngineArgs
 from vllm.model_executor.layers.quantization import DEPRECATED_QUANTIZATION_METHODS, QuantizationMethods
 from vllm.tokenizers.registry import _VLLM_TOKENIZERS
+from vllm.config.multimodal import AudioDummyOptions, ImageDummyOptions, VideoDummyOptions
 
 def literal(kind):
     kinds = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
@@ -520,6 +532,8 @@ print(json.dumps({
     "quantization": sorted(set(typing.get_args(QuantizationMethods)) - set(DEPRECATED_QUANTIZATION_METHODS)),
     "tokenizer_mode": sorted({"auto"} | set(_VLLM_TOKENIZERS) | set(typing.get_args(TokenizerMode))),
     "literal_args": sorted(f.name for f in dataclasses.fields(EngineArgs) if literal(f.type)),
+    "mm_options": {m: sorted(f.name for f in dataclasses.fields(c)) for m, c in
+                   (("image", ImageDummyOptions), ("video", VideoDummyOptions), ("audio", AudioDummyOptions))},
 }))
 """
 
@@ -530,7 +544,7 @@ def test_vllm_value_lists_match_vllm():
     vLLM is imported in a fresh interpreter (torch's dynamo and Ansible's patches do not mix)."""
     import json
 
-    from gpufleet.strategy import VLLM_ARGS, VLLM_VALUES
+    from gpufleet.strategy import MM_OPTIONS, VLLM_ARGS, VLLM_VALUES
 
     result = subprocess.run([sys.executable, "-c", VLLM_PROBE], capture_output=True, text=True, timeout=300)
     missing = "ModuleNotFoundError: No module named 'vllm'" in result.stderr
@@ -540,6 +554,7 @@ def test_vllm_value_lists_match_vllm():
     vllm = json.loads(result.stdout.strip().splitlines()[-1])
     for name in ("dtype", "kv_cache_dtype", "quantization", "tokenizer_mode"):
         assert sorted(VLLM_VALUES[name]) == sorted(vllm[name]), name
+    assert {m: sorted(o) for m, o in MM_OPTIONS.items()} == vllm["mm_options"]
     # every engine argument the schema knows whose vLLM type is a closed set of values has a list here
     missing = sorted(set(VLLM_ARGS) & set(vllm["literal_args"]) - set(VLLM_VALUES))
     assert not missing, f"EngineArgs.{missing} are Literals in vLLM: add their values to VLLM_VALUES"

@@ -169,6 +169,33 @@ def _replicas(raw, file, where) -> Replicas:
     return Replicas(low, high, initial, target, True)
 
 
+# vllm/config/multimodal.py:212-240 (BaseDummyOptions count >= 0; Image/Video/AudioDummyOptions, extra="forbid",
+# the sizes > 0) and :470-493 (_validate_limit_per_prompt: an int is the count, a mapping the options).
+MM_OPTIONS = {"image": ("count", "width", "height"), "video": ("count", "num_frames", "width", "height"),
+              "audio": ("count", "length")}
+
+
+def _mm_limits(value: dict, file, where) -> dict:
+    for modality, limit in value.items():
+        at = f"{where}.{modality}"
+        if not isinstance(modality, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", modality):
+            _fail(file, at, f"{_short(modality)} is not a modality name", "for example image, video or audio")
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            limit = {"count": limit}
+        if not isinstance(limit, dict):
+            _fail(file, at, f"must be a count or a mapping of options, got {_short(limit)}", "for example image: 2")
+        allowed = MM_OPTIONS.get(modality, ("count",))
+        for key, number in limit.items():
+            if key not in allowed:
+                _fail(file, f"{at}.{key}", f"is not an option vLLM 0.32 accepts for {modality}",
+                      f"use: {', '.join(allowed)}")
+            if isinstance(number, bool) or not isinstance(number, int) or number < (0 if key == "count" else 1) \
+                    or number > 2**31:
+                _fail(file, f"{at}.{key}", f"must be an integer >= {0 if key == 'count' else 1}, got {_short(number)}",
+                      "write a plain number")
+    return value
+
+
 def _engine_args(raw, engine, file, where) -> dict:
     if raw is None:
         return {}
@@ -181,6 +208,8 @@ def _engine_args(raw, engine, file, where) -> dict:
             _fail(file, f"{where}.{key}", f"is not an engine argument gpufleet knows for {engine}",
                   f"known: {', '.join(sorted(known))}")
         args[key] = _typed(value, known[key], file, f"{where}.{key}")
+        if key == "limit_mm_per_prompt":
+            _mm_limits(args[key], file, f"{where}.{key}")
         allowed = VLLM_VALUES.get(key) if engine == "vllm" else None
         if allowed and args[key] not in allowed:
             _fail(file, f"{where}.{key}", f"{args[key]!r} is not a value vLLM 0.32 accepts; it refuses to start",
