@@ -272,6 +272,19 @@ CASES = {
         where="services[m].engine_args.limit_mm_per_prompt.video.count")),
     "engine: limit_mm_per_prompt accepted": Case("engine", 0, file=None, **S(strategy_text([vllm(
         engine_args={"limit_mm_per_prompt": {"image": 2, "video": {"count": 1, "num_frames": 8}}})]))),
+    "engine: ollama kv_cache_type banana": Case("engine", 2, **S(strategy_text([{
+        "name": "o", "model": "medgemma-4b-it:q8", "engine": "ollama", "placement": {"host": "node-0", "gpus": [3]},
+        "engine_args": {"kv_cache_type": "banana"}}]), where="services[o].engine_args.kv_cache_type",
+        says=("f16, q8_0, q4_0",))),
+    "engine: ollama keep_alive with a newline": Case("engine", 2, **S(strategy_text([{
+        "name": "o", "model": "medgemma-4b-it:q8", "engine": "ollama", "placement": {"host": "node-0", "gpus": [3]},
+        "engine_args": {"keep_alive": "5m\nExecStartPre=/bin/sh"}}]), where="services[o].engine_args.keep_alive")),
+    "engine: ollama keep_alive not a duration": Case("engine", 2, **S(strategy_text([{
+        "name": "o", "model": "medgemma-4b-it:q8", "engine": "ollama", "placement": {"host": "node-0", "gpus": [3]},
+        "engine_args": {"keep_alive": "forever"}}]), where="services[o].engine_args.keep_alive")),
+    "engine: ollama q8_0 cache and 1h30m accepted": Case("engine", 0, file=None, **S(strategy_text([{
+        "name": "o", "model": "medgemma-4b-it:q8", "engine": "ollama", "placement": {"host": "node-0", "gpus": [3]},
+        "engine_args": {"kv_cache_type": "q8_0", "keep_alive": "1h30m"}}]))),
     "engine: utilization nan": Case("engine", 2, **S(strategy_text().replace("0.9", ".nan"),
                                                      where="services[m].engine_args.gpu_memory_utilization")),
     "engine: max_num_seqs 2**60": Case("engine", 2, **S(strategy_text([vllm(engine_args={"max_num_seqs": 2**60})]),

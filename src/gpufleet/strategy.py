@@ -52,6 +52,7 @@ VLLM_ARGS = {
     "tensor_parallel_size": int, "gpu_memory_utilization": float, "max_model_len": int, "dtype": str,
     "enforce_eager": bool, "max_num_batched_tokens": int, "max_num_seqs": int, "kv_cache_dtype": str,
     "async_scheduling": bool,  # vLLM's default (None) turns it on on GPUs: memory.max_concurrent_batches
+    "kv_cache_memory_bytes": str,  # only "planned": the planner's KV bytes per worker (engine_args.FROM_PLAN)
     # passed through to vLLM untouched
     "trust_remote_code": bool, "enable_lora": bool, "enable_prefix_caching": bool,
     "enable_chunked_prefill": bool, "seed": int, "quantization": str, "revision": str,
@@ -59,6 +60,10 @@ VLLM_ARGS = {
 }
 OLLAMA_ARGS = {"context_length": int, "num_parallel": int, "keep_alive": str, "kv_cache_type": str,
                "flash_attention": bool}
+# Ollama's OLLAMA_KV_CACHE_TYPE values (docs/faq.md, "How can I set the quantization type for the K/V
+# cache?") and OLLAMA_KEEP_ALIVE (a Go duration, or a number of seconds; negative keeps the model loaded)
+OLLAMA_KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+OLLAMA_DURATION_RE = re.compile(r"-?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)")
 SERVICE_KEYS = {"name", "model", "engine", "engine_args", "replicas", "placement", "route", "model_source"}
 
 
@@ -210,10 +215,19 @@ def _engine_args(raw, engine, file, where) -> dict:
         args[key] = _typed(value, known[key], file, f"{where}.{key}")
         if key == "limit_mm_per_prompt":
             _mm_limits(args[key], file, f"{where}.{key}")
+        if engine == "ollama" and key == "kv_cache_type" and args[key] not in OLLAMA_KV_CACHE_TYPES:
+            _fail(file, f"{where}.{key}", f"{_short(args[key])} is not a cache type Ollama knows (it would keep "
+                  "an f16 cache the plan did not size)", f"use one of: {', '.join(OLLAMA_KV_CACHE_TYPES)}")
+        if engine == "ollama" and key == "keep_alive" and not OLLAMA_DURATION_RE.fullmatch(args[key]):
+            _fail(file, f"{where}.{key}", f"{_short(args[key])} is not a duration Ollama reads",
+                  "for example 5m, 1h30m, 0 (unload at once) or -1 (keep loaded)")
         allowed = VLLM_VALUES.get(key) if engine == "vllm" else None
         if allowed and args[key] not in allowed:
             _fail(file, f"{where}.{key}", f"{args[key]!r} is not a value vLLM 0.32 accepts; it refuses to start",
                   f"use one of: {', '.join(allowed)}")
+    if args.get("kv_cache_memory_bytes", "planned") != "planned":
+        _fail(file, f"{where}.kv_cache_memory_bytes", f"must be 'planned', got {_short(args['kv_cache_memory_bytes'])}",
+              "write kv_cache_memory_bytes: planned (the planner's KV bytes per worker), or leave it out")
     util = args.get("gpu_memory_utilization")
     if util is not None and not 0 < util <= 1:
         _fail(file, f"{where}.gpu_memory_utilization", f"must be in (0, 1], got {util}",
