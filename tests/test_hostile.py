@@ -672,6 +672,36 @@ def test_fuzz_inventories(host_vars, services):
     _fuzz_run(_dump({"name": "t", "services": services}), host_vars, A10)
 
 
+_catalog_field = st.sampled_from(sorted(TINY) + ["sliding_layers", "sliding_window", "runner", "base", "format",
+                                                "ollama_tag", "size_bytes", "vision_hidden_size", "params_b"])
+
+
+@FUZZ_SETTINGS
+@given(changes=st.dictionaries(_catalog_field, st.one_of(_scalar, st.integers(0, 64), _value), max_size=3),
+       engines=st.one_of(st.none(), st.dictionaries(st.sampled_from(["vllm", "ollama", "x"]),
+                                                    st.one_of(_value, st.dictionaries(_text, _scalar, max_size=2)),
+                                                    max_size=2)))
+def test_fuzz_catalogs(changes, engines):
+    """A catalog entry with a few fields replaced by anything, planned by a service that uses it."""
+    import tempfile
+    catalog = {"models": {"acme/tiny": {**TINY, **changes}}}
+    if engines is not None:
+        catalog["engines"] = engines
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        path = root / "catalog.yml"
+        path.write_text(_dump(catalog), encoding="utf-8")
+        files = {**inventory_files(), "strategies/t.yml": strategy_text([vllm(
+            model="acme/tiny", engine_args={"max_model_len": 1024})])}
+        for rel, content in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(content, encoding="utf-8")
+        rc, output = run_cli(["plan", "-i", str(root / "inventory"), "-s", "t", "--strategies-dir",
+                              str(root / "strategies"), "--catalog", str(path), "--format", "json"])
+    assert rc in (0, 2, 3), output
+    assert "Traceback" not in output
+
+
 @FUZZ_SETTINGS
 @given(raw=st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
                      st.lists(st.sampled_from(["name: t\n", "services:\n", "  - name: m\n", "    engine: vllm\n",

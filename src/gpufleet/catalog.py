@@ -146,8 +146,11 @@ def _model(key: str, entry, source: str) -> Model:
     if "sliding_layers" in entry:
         _number(entry["sliding_layers"], source, f"{where}.sliding_layers", minimum=0)
     for name, spec in Model.__dataclass_fields__.items():  # any other integer field (vision_*, ...)
-        if spec.type in ("int", "int | None") and entry.get(name) is not None:
-            _number(entry[name], source, f"{where}.{name}", minimum=0)
+        if name in entry and (spec.type == "int" or (spec.type == "int | None" and entry[name] is not None)):
+            _number(entry[name], source, f"{where}.{name}", minimum=0)  # an explicit null too
+    if "weights_bytes" in entry and entry["weights_bytes"] is None:
+        raise InputError("invalid_field", source, f"{where}.weights_bytes", "is null",
+                         "give {dtype: bytes}, or leave it out of a GGUF entry")
     if "params_b" in entry:
         _number(entry["params_b"], source, f"{where}.params_b", minimum=0, integer=False, fix="give a number")
     if "weights_bytes" in entry and not isinstance(entry["weights_bytes"], dict):
