@@ -12,7 +12,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ROLES = ["ray", "serve", "ollama", "gpu_preflight"]
+ROLES = ["gpufleet", "ray", "serve", "ollama", "gpu_preflight"]
 PLAYBOOKS = [f"playbooks/{p}.yml" for p in ("site", "plan", "preflight", "ray", "ollama", "serve", "render")]
 
 

@@ -24,7 +24,6 @@ import re
 import tempfile
 from pathlib import Path
 
-HEAD_RECORD_DIR = "/etc/gpufleet"
 RECORD_VERSION = 1
 
 
