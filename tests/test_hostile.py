@@ -629,7 +629,8 @@ _host = st.fixed_dictionaries({}, optional={
 
 # deadline in ms, per example: the first one also imports Ansible
 FUZZ_SETTINGS = settings(max_examples=int(os.environ.get("GPUFLEET_FUZZ_EXAMPLES", "60")), deadline=10_000,
-                         derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                         derandomize=not os.environ.get("GPUFLEET_FUZZ_RANDOM"),  # set it to search further
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                          database=None)
 
 
