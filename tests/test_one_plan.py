@@ -160,3 +160,16 @@ def test_the_play_refuses_what_the_cli_refuses(tmp_path):
     run = play("-i", inventory, REPO / "playbooks/site.yml", "-e", "strategy=cxr-worker")
     assert run.returncode != 0 and "[duplicate_key]" in run.stdout and str(group_vars) in run.stdout, run.stdout
     assert "node-" not in run.stdout.split("PLAY RECAP")[1]
+
+
+def test_a_catalog_overlay_of_engine_defaults_reaches_the_engine_arguments(tmp_path):
+    """The planner sizes with the catalog it was given, and the plan hands the engines the same values."""
+    overlay = tmp_path / "site.yml"
+    overlay.write_text("engines:\n  vllm: {max_num_seqs: 64, max_num_batched_tokens: 4096}\n  ollama: {num_parallel: 2}\n")
+    plan = json.loads(subprocess.run(
+        [BIN / "gpufleet", "plan", "-i", REPO / "inventory/production", "-s", "ollama-sidecar-spread",
+         "--catalog", overlay, "--format", "json"], env=ENV, capture_output=True, text=True, check=True).stdout)
+    vllm = [s["engine_args"] for s in plan["services"] if s["engine"] == "vllm"]
+    ollama = [s["engine_args"] for s in plan["services"] if s["engine"] == "ollama"]
+    assert vllm and all(a["max_num_seqs"] == 64 and a["max_num_batched_tokens"] == 4096 for a in vllm), vllm
+    assert ollama and all(a["num_parallel"] == 2 for a in ollama), ollama

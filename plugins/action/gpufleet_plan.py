@@ -10,7 +10,7 @@ try:
     from gpufleet import api as _api
     from gpufleet.errors import Finding, InputError
     from gpufleet.inventory import cluster_from_hostvars, planner_hostvars
-    from gpufleet.report import nodes_to_list
+    from gpufleet.plan_data import nodes_to_list
     from gpufleet.strategy import list_strategies
     from gpufleet.yamlfile import check_inventory
 except ImportError as exc:  # pragma: no cover - the message is the point

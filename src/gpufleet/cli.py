@@ -92,7 +92,7 @@ def _plan(args, strategy: str):
 
 
 def cmd_plan(args) -> int:
-    from .report import format_table
+    from .plan_table import format_table
 
     if args.svg:
         _check_output_file(args.svg, "--svg")
@@ -260,6 +260,16 @@ def _add_cluster_commands(commands) -> None:
     rollback = commands.add_parser("rollback", help="apply the strategy applied before the current one",
                                    description="Apply the previously applied strategy of INVENTORY again.",
                                    epilog=ROLLBACK_EPILOG, formatter_class=raw)
+    calibrate = commands.add_parser(
+        "calibrate", help="write what the running engines showed as a catalog overlay (read-only)",
+        description="Read the cluster of INVENTORY (as `status` does) and write the overhead each vLLM engine "
+        "showed, per model and device kind, as a catalog file for `plan --catalog FILE`.",
+        epilog="example: gpufleet calibrate -i inventory/sandbox -o site-calibration.yml\n\n"
+        "exit codes: 0 written, 1 the status play failed, 2 bad input or nothing applied", formatter_class=raw)
+    calibrate.add_argument("-i", "--inventory", required=True, help="Ansible inventory (folder or file)")
+    calibrate.add_argument("-o", "--output", required=True, metavar="FILE", help="catalog overlay to write")
+    calibrate.add_argument("--limit", metavar="HOSTS", help="read these hosts only (Ansible --limit pattern)")
+
     rollback.add_argument("-i", "--inventory", required=True, help="Ansible inventory (folder or file)")
     rollback.add_argument("--catalog", action="append", default=[], metavar="FILE",
                           help="extra model catalog file, entries replace the built-in ones (repeatable)")
@@ -357,7 +367,7 @@ def cmd_apply(args, rollback_from: dict | None = None) -> int:
     from .api import write_plan_file
     from . import record
     from .diff import diff_plans, format_diff
-    from .report import format_table
+    from .plan_table import format_table
     from .runner import SITE_PLAYBOOK, format_host_summary, run_playbook
 
     _check_inventory(args.inventory)
@@ -536,7 +546,7 @@ def cmd_render(args) -> int:
 
     data = _plan(args, args.strategy)
     if not data["feasible"]:
-        from .report import format_table
+        from .plan_table import format_table
         print(format_table(data), file=sys.stderr)
         return plan_exit_status(data)
     output = Path(args.output or Path("build") / "render" / args.strategy).resolve()
@@ -553,11 +563,20 @@ def cmd_render(args) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args) -> int:
+    from .calibrate import run
+
+    _check_inventory(args.inventory)
+    _check_output_file(args.output, "-o")
+    return run(args.inventory, args.output, limit=args.limit)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"plan": cmd_plan, "strategies": cmd_strategies, "apply": cmd_apply, "status": cmd_status,
-                "diff": cmd_diff, "rollback": cmd_rollback, "render": cmd_render}[args.command](args)
+                "diff": cmd_diff, "rollback": cmd_rollback, "render": cmd_render,
+                "calibrate": cmd_calibrate}[args.command](args)
     except InputError as exc:
         print(f"gpufleet: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,7 +1,7 @@
 """The engine arguments the planner reads, and the value it assumes when a strategy omits one.
 
 One table per engine. The plan carries every one of these arguments with the value the planner
-sized with (report.py fills the omitted ones from here), so that what the plan says is what the
+sized with (the planner fills the omitted ones from here), so that what the plan says is what the
 engine runs with: the Serve config passes a vLLM service's `engine_args` as `engine_kwargs`
 (ray.serve.llm's and vLLM's own defaults differ from the planner's, max_num_seqs for one), and
 an Ollama unit gets them as its server's environment (gpufleet.ollama_unit).
@@ -46,6 +46,15 @@ OLLAMA = {
     "kv_cache_type": "f16",
 }
 PLANNED = {"vllm": VLLM, "ollama": OLLAMA}
+# Arguments a strategy may set to "planned": the plan carries the planner's own figure for them,
+# taken from the service's planned KV cache (the plan's `kv_cache`). kv_cache_memory_bytes: vLLM 0.32
+# then allocates exactly the planner's KV bytes per worker instead of sizing the cache from
+# gpu_memory_utilization (CUDA: v1/worker/gpu_worker.py:649-676, the profile run still runs but the
+# KV size is the given one; CPU: v1/worker/cpu_worker.py:200-232, "Explicitly set ... for KV cache"),
+# so the engine's KV cache equals the plan by construction. Pooling models keep no KV cache: the
+# argument is dropped for them.
+FROM_PLAN = {"vllm": {"kv_cache_memory_bytes": "bytes"}}
+PLANNED_VALUE = "planned"
 # Passed to vLLM only for replicas on GPUs: vLLM's CPU backend runs kernel blocks of a multiple of
 # 32 tokens and cannot start with 16 (it picks 128 when none is given). The planner sizes CPU
 # replicas with block_size 16 as well, so their KV-token figure is approximate.
@@ -68,11 +77,18 @@ def passed(engine: str, device_kind: str = "gpu") -> list:
 
 
 def planned(engine: str, engine_args: dict, model=None, engines: dict | None = None,
-            device_kind: str = "gpu") -> dict:
+            device_kind: str = "gpu", kv_cache: dict | None = None) -> dict:
     """The strategy's engine_args with every argument the planner reads, omitted ones at the
-    planner's default. Arguments the planner does not read pass through unchanged."""
+    planner's default, and those set to "planned" at the planner's figure (FROM_PLAN, from the
+    service's planned `kv_cache`). Arguments the planner does not read pass through unchanged."""
     args = dict(engine_args)
     for name in passed(engine, device_kind):
         if name not in args:
             args[name] = default(engine, name, model, engines)
+    for name, figure in FROM_PLAN.get(engine, {}).items():
+        if args.get(name) == PLANNED_VALUE:
+            if kv_cache and kv_cache.get(figure):
+                args[name] = int(kv_cache[figure])
+            else:
+                del args[name]
     return args

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import engine_args as planned_args
 from . import memory as mem
+from . import ollama_unit
 from .catalog import DTYPE_BYTES, Catalog, Model
 from .errors import Finding
 from .inventory import HOST_LABEL, Cluster, Node
+from .plan_data import plan_to_dict
 from .selectors import SelectorError, matches, parse_selector
 from .strategy import Service, Strategy
 
@@ -36,6 +39,7 @@ class Device:
     allocations: list = field(default_factory=list)
     used_mib: float = 0.0
     reserved_mib: int = 0  # what the driver keeps of a GPU (memory.total = memory_mib + reserved_mib)
+    model: str | None = None  # the GPU model, or "cpu": what catalog calibration: is keyed by
 
     @property
     def name(self) -> str:
@@ -96,9 +100,16 @@ class ServicePlan:
     util: float = mem.VLLM_DEFAULT_UTILIZATION
     max_model_len: int = 0
     kv_cache_tokens: int | None = None
+    kv_cache: dict | None = None  # the planned KV cache per worker: bytes, blocks, block size
     placements: list = field(default_factory=list)  # (replica, host, [device indices])
     eligible: list = field(default_factory=list)
     ollama_listen: str | None = None
+    # What the roles deploy, decided here (settle): how Ray places a replica, the real maximum,
+    # every engine argument the planner read at the value it planned with, the Ollama server.
+    ray: dict | None = None
+    planned_max: int = 0
+    engine_args: dict = field(default_factory=dict)
+    ollama: dict | None = None
 
     @property
     def name(self) -> str:
@@ -119,7 +130,6 @@ class Plan:
         return not self.errors
 
     def to_dict(self) -> dict:
-        from .report import plan_to_dict
         return plan_to_dict(self)
 
 
@@ -136,10 +146,10 @@ class _Planner:
                 reserved = (node.gpu_reserved_mib if node.gpu_reserved_mib is not None
                             else catalog.reserved_mib(node.gpu_model, node.gpu_memory_mib))
                 usable = int(mem.usable_mib(node.gpu_memory_mib, reserved))
-                self.devices[node.host] = [Device(node.host, i, "gpu", usable, reserved_mib=reserved)
-                                           for i in range(node.gpu_count)]
+                self.devices[node.host] = [Device(node.host, i, "gpu", usable, reserved_mib=reserved,
+                                                  model=node.gpu_model) for i in range(node.gpu_count)]
             elif node.cpu_memory_mib:
-                self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib)]
+                self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib, model="cpu")]
             else:
                 self.devices[node.host] = []
         self._instances: dict = {}
@@ -223,7 +233,7 @@ class _Planner:
         return dtype, DTYPE_BYTES[dtype], 1 if kv.startswith("fp8") else DTYPE_BYTES[dtype]
 
     def instance(self, sp: ServicePlan, device: Device) -> Instance:
-        key = (sp.name, device.kind, device.memory_mib)
+        key = (sp.name, device.kind, device.memory_mib, device.model)
         if key not in self._instances:
             args, model = sp.service.engine_args, sp.model
             dtype, dbytes, _ = self._dtype_bytes(sp.service)
@@ -242,6 +252,8 @@ class _Planner:
                 acts = mem.activation_mib(model, sp.tp, dbytes, batched, seqs)
             overhead = (self.vllm.get("non_torch_mib", 0) if gpu else self.vllm.get("cpu_runtime_mib", 0)) + (
                 self.vllm.get("cudagraph_mib", 0) if gpu and not args.get("enforce_eager", False) else 0)
+            measured = self.catalog.overhead_mib("vllm", model.key, device.model)  # gpufleet calibrate
+            overhead = overhead if measured is None else measured
             context = self.vllm.get("cuda_context_mib", 0) if gpu else 0
             self._instances[key] = Instance(budget, weights, acts, overhead, budget - weights - acts - overhead,
                                             context, model.runner == "generate", warmup)
@@ -386,6 +398,22 @@ class _Planner:
         tokens = [self.check_instance(sp, device) for device in sizes.values()]
         if tokens and None not in tokens:
             sp.kv_cache_tokens = min(tokens)
+            if sp.model.runner == "generate":
+                smallest = min(sizes.values(), key=lambda d: self.instance(sp, d).kv)
+                sp.kv_cache = self.kv_cache_figures(sp, self.instance(sp, smallest), smallest)
+
+    def kv_cache_figures(self, sp: ServicePlan, inst: Instance, device: Device) -> dict:
+        """The KV cache of one worker as vLLM counts it: `bytes` (what kv_cache_memory_bytes: planned
+        passes), `blocks` of `block_size` tokens, and `bytes_per_token` (one block's bytes / block_size),
+        so that status can count the planned blocks at the block size the engine reports."""
+        _, _, kv_bytes = self._dtype_bytes(sp.service)
+        block = self.vllm.get("block_size", 16)
+        per_token = mem.block_bytes(sp.model, sp.tp, kv_bytes, 1)
+        size = max(0, int(inst.kv * mem.MIB))
+        # device and overhead_mib: what `gpufleet calibrate` keys a measured overhead by and starts from
+        return {"bytes": size, "blocks": size // (per_token * block), "block_size": block,
+                "bytes_per_token": per_token, "device": device.model or device.kind,
+                "overhead_mib": round(inst.overhead, 6)}
 
     def check_instance(self, sp: ServicePlan, device: Device) -> int | None:
         inst = self.instance(sp, device)
@@ -448,6 +476,52 @@ class _Planner:
                            ", ".join(sorted({a.service for a in device.allocations})), device.name,
                            "engine_args.gpu_memory_utilization")
 
+    def settle(self, sp: ServicePlan, ollama_listen: dict) -> None:
+        """What the roles deploy for SP, from the placement made above."""
+        s = sp.service
+        sp.planned_max = len(sp.placements) if s.replicas.autoscaling else s.replicas.max
+        sp.ray = self.ray_placement(sp)
+        engine_args = dict(s.engine_args)
+        if s.engine == "vllm" and sp.model is not None:
+            engine_args.setdefault("tensor_parallel_size", sp.tp)
+            engine_args.setdefault("gpu_memory_utilization", sp.util)
+            engine_args.setdefault("max_model_len", sp.max_model_len)
+            if sp.model.runner != "generate":
+                engine_args.setdefault("runner", sp.model.runner)
+        if sp.model is not None:
+            kind = self.device(sp.placements[0][1], sp.placements[0][2][0]).kind if sp.placements else "gpu"
+            engine_args = planned_args.planned(s.engine, engine_args, sp.model, self.catalog.engines, kind,
+                                               sp.kv_cache)
+        sp.engine_args = engine_args
+        if s.engine == "ollama" and sp.model is not None:
+            sp.ollama = {"host": s.host, "gpus": list(s.gpus), "tag": sp.model.ollama_tag,
+                         "listen": ollama_listen[s.name], "spread": len(s.gpus) > 1}
+
+    def device(self, host: str, index: int) -> Device:
+        return next(d for d in self.devices[host] if d.index == index)
+
+    def ray_placement(self, sp: ServicePlan) -> dict | None:
+        """Ray Serve LLM runs every vLLM replica in a placement group: one bundle per TP worker,
+        GPU amounts below 1 where instances share a GPU, one label selector per bundle, and
+        STRICT_PACK (PACK with bundle selectors raises NotImplementedError in Ray 2.60)."""
+        if not sp.placements or sp.service.engine != "vllm":
+            return None
+        _, host, indices = sp.placements[0]
+        if self.device(host, indices[0]).kind == "cpu":
+            bundles = [{"CPU": 1} for _ in range(sp.tp)]
+        else:
+            shared, fraction = False, 0.0
+            for replica, host, indices in sp.placements:
+                for index in indices:
+                    device = self.device(host, index)
+                    shared |= any((a.service, a.replica) != (sp.name, replica) for a in device.allocations)
+                    mine = next(a for a in device.allocations if (a.service, a.replica) == (sp.name, replica))
+                    fraction = max(fraction, mine.mib / device.memory_mib)
+            bundles = [{"GPU": mem.ceil_share(fraction) if shared else 1.0} for _ in range(sp.tp)]
+        return {"bundles": bundles,
+                "bundle_label_selector": [dict(sp.label_selector) for _ in range(sp.tp)],
+                "placement_strategy": "STRICT_PACK"}
+
     def run(self) -> Plan:
         plans = [self.resolve(s) for s in self.strategy.services]
         names: dict[str, set] = {}
@@ -474,6 +548,10 @@ class _Planner:
             if not sp.blocked:
                 self.check_instances(sp)
         self.check_devices()
+        listen = ollama_unit.listen_addresses(
+            [(sp.name, sp.service.host) for sp in plans if sp.service.engine == "ollama" and sp.model is not None])
+        for sp in plans:
+            self.settle(sp, listen)
         devices = [d for host in self.devices.values() for d in host]
         return Plan(self.strategy, self.cluster, plans, devices, self.errors, self.warnings)
 
