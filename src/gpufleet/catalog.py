@@ -56,6 +56,13 @@ class Catalog:
     engines: dict
     sources: tuple
     gpus: dict = field(default_factory=dict)  # GPU model -> {reserved_mib: ...} (catalog `gpus:`)
+    # What a site measured (`gpufleet calibrate`): engine -> model -> device ("cpu" or a GPU model)
+    # -> {overhead_mib: ...}, the non-KV memory beyond weights and activations the engine showed.
+    calibration: dict = field(default_factory=dict)
+
+    def overhead_mib(self, engine: str, model: str, device: str | None) -> float | None:
+        """A measured overhead for this engine, model and device kind, or None (use the constants)."""
+        return ((self.calibration.get(engine) or {}).get(model) or {}).get(device or "", {}).get("overhead_mib")
 
     def get(self, key: str) -> Model | None:
         return self.models.get(key)
@@ -81,14 +88,15 @@ def _read_yaml(path: Path | str, text: str | bytes | None = None) -> dict:
     else:
         data = yamlfile.load_text(text, str(path))
     if (not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict)
-            or not set(data) & {"models", "engines", "gpus"}):
+            or not set(data) & {"models", "engines", "gpus", "calibration"}):
         # no key of the file is echoed: --catalog pointed at some other file must not print its content
         raise InputError("invalid_field", str(path), "models",
                          "a catalog is a mapping with a `models:` mapping", "see src/gpufleet/catalog.yml")
-    unknown = sorted(map(str, set(data) - {"models", "engines", "gpus"}))
+    unknown = sorted(map(str, set(data) - {"models", "engines", "gpus", "calibration"}))
     if unknown:
         raise InputError("invalid_field", str(path), unknown[0][:64], "is not a catalog key",
-                         "a catalog holds models:, engines: and gpus:")
+                         "a catalog holds models:, engines:, gpus: and calibration:")
+    _calibration(data.get("calibration"), str(path))
     if not isinstance(data.get("gpus") or {}, dict):
         raise InputError("invalid_field", str(path), "gpus", "must be a mapping of GPU model to facts",
                          "for example gpus: {A10: {reserved_mib: 513}}")
@@ -101,6 +109,29 @@ def _read_yaml(path: Path | str, text: str | bytes | None = None) -> dict:
         raise InputError("invalid_field", str(path), "engines", "must be a mapping of engine to constants",
                          "see the engines: section of src/gpufleet/catalog.yml")
     return data
+
+
+def _calibration(data, source: str) -> None:
+    """calibration: {engine: {model: {device: {overhead_mib: number >= 0}}}} (gpufleet calibrate)."""
+    fix = "see what `gpufleet calibrate` writes: calibration: {vllm: {MODEL: {cpu: {overhead_mib: 812.5}}}}"
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise InputError("invalid_field", source, "calibration", "must be a mapping", fix)
+    for engine, models in data.items():
+        if engine not in ENGINES or not isinstance(models, dict):
+            raise InputError("invalid_field", source, f"calibration.{str(engine)[:64]}",
+                             f"must be one of {', '.join(ENGINES)} mapping models to devices", fix)
+        for model, devices in models.items():
+            if not isinstance(devices, dict):
+                raise InputError("invalid_field", source, f"calibration.{engine}.{str(model)[:256]}",
+                                 "must map device kinds (cpu, or a GPU model) to figures", fix)
+            for device, figures in devices.items():
+                where = f"calibration.{engine}.{str(model)[:256]}.{str(device)[:64]}"
+                if not isinstance(figures, dict) or set(figures) != {"overhead_mib"}:
+                    raise InputError("invalid_field", source, where, "must be {overhead_mib: N}", fix)
+                _number(figures["overhead_mib"], source, f"{where}.overhead_mib", minimum=0, integer=False,
+                        fix="give the measured MiB")
 
 
 def _number(value, source, where, minimum=0, integer=True, fix="give a positive integer"):
@@ -216,8 +247,12 @@ def load_catalog(extra_files=()) -> Catalog:
     builtin = resources.files("gpufleet").joinpath(BUILTIN_CATALOG)
     layers = [(str(builtin), _read_yaml(builtin, builtin.read_bytes()))]
     layers += [(str(p), _read_yaml(p)) for p in extra_files]
-    models, engines, origin, gpus = {}, {}, {}, {}
+    models, engines, origin, gpus, calibration = {}, {}, {}, {}, {}
     for source, data in layers:
+        for engine, by_model in (data.get("calibration") or {}).items():
+            for model, devices in by_model.items():
+                calibration.setdefault(engine, {}).setdefault(str(model), {}).update(
+                    {str(d): dict(f) for d, f in devices.items()})
         for gpu, facts in (data.get("gpus") or {}).items():
             gpus.setdefault(str(gpu), {}).update(facts)
         for key, entry in (data.get("models") or {}).items():
@@ -233,4 +268,5 @@ def load_catalog(extra_files=()) -> Catalog:
         if model.base and models[model.base].format != "hf":
             raise InputError("invalid_field", origin[model.key], f"models.{model.key}.base",
                              f"base model {model.base!r} is not an HF entry", "point base at the HF model it quantises")
-    return Catalog(models=models, engines=engines, sources=tuple(s for s, _ in layers), gpus=gpus)
+    return Catalog(models=models, engines=engines, sources=tuple(s for s, _ in layers), gpus=gpus,
+                   calibration=calibration)
