@@ -384,6 +384,10 @@ CASES = {
         "strategies/good.yml": strategy_text(name="good")},
         argv=("strategies", "-i", "{tmp}/inventory", "--strategies-dir", "{tmp}/strategies"),
         file="strategies/dup.yml", where="name", says=("invalid", "appears twice", "fits")),
+    "cli: a file name with an escape sequence is listed escaped": Case("cli", 2, files={
+        "strategies/x\x1b[2J.yml": strategy_text(), "strategies/good.yml": strategy_text(name="good")},
+        argv=("strategies", "-i", "{tmp}/inventory", "--strategies-dir", "{tmp}/strategies"), file=None,
+        says=("x\\x1b[2J", "not a strategy name", "fits")),
     "cli: exit 3 names the strategy file": Case("cli", 3, **S(strategy_text([vllm(model="google/medgemma-27b-it")]),
                                                               says=("does not fit", "(exit 3)"))),
     "cli: planner invalid_field exits 2": Case("cli", 2, **S(strategy_text([vllm(model="medgemma-4b-it:q8")]),
@@ -425,6 +429,7 @@ def test_hostile_input(tmp_path, name):
     argv = case.write(tmp_path)
     rc, output = run_cli(argv)
     assert "Traceback" not in output, output
+    assert "\x1b" not in output, "a control sequence reached the terminal"
     assert rc == case.exit, f"{name}: exit {rc}, expected {case.exit}\n{output[-3000:]}"
     if case.file:
         assert str(tmp_path / case.file) in output, f"{name}: the message does not name {case.file}\n{output[-3000:]}"

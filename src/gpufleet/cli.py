@@ -144,7 +144,10 @@ def cmd_strategies(args) -> int:
                 description = f"{loaded.file}: {bad['field']}: {bad['message']}"
         except InputError as exc:  # one bad file is listed as invalid; the others are still planned
             verdict, description, status = "invalid", f"{exc.file}: {exc.field}: {exc.message}", EXIT_BAD_INPUT
-        print(f"{name:{width}}  {verdict:40}  {' '.join(description.split())}")
+        description = " ".join(description.split())
+        # a file name or message with control characters is shown escaped, never sent to the terminal
+        shown = [t if t.isprintable() else repr(t)[1:-1] for t in (name, description)]
+        print(f"{shown[0]:{width}}  {verdict:40}  {shown[1]}")
     return status
 
 
