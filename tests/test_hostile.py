@@ -147,6 +147,10 @@ CASES = {
     "yaml: a list, not a mapping": Case("yaml", 2, **S("- name: t\n", where="-")),
     "yaml: python tag refused": Case("yaml", 2, **S("name: !!python/object/apply:os.system [id]\n",
                                                     says=("[malformed_yaml]",))),
+    "yaml: a key with an escape sequence": Case("yaml", 2, **S("name: t\n\"\\e[2Jx\": 1\nservices: []\n",
+                                                              says=("is not a strategy key", "\\x1b[2Jx"))),
+    "yaml: a duplicate key with an escape sequence": Case("yaml", 2, **S(
+        "name: t\n\"\\e]0;pwned\\a\": 1\n\"\\e]0;pwned\\a\": 2\n", says=("[duplicate_key]", "\\x1b]0;pwned"))),
     "yaml: integer keys": Case("yaml", 2, **S("name: t\n1: x\nservices: []\n", where="1",
                                               says=("is not a strategy key",))),
     # ---- YAML that lies: catalogs and variables files ------------------------------------------------

@@ -581,7 +581,9 @@ def main(argv=None) -> int:
                 "diff": cmd_diff, "rollback": cmd_rollback, "render": cmd_render,
                 "calibrate": cmd_calibrate}[args.command](args)
     except InputError as exc:
-        print(f"gpufleet: error: {exc}", file=sys.stderr)
+        # keys and names from the input are shown escaped: a control sequence never reaches the terminal
+        text = "\n".join(line if line.isprintable() else repr(line)[1:-1] for line in str(exc).split("\n"))
+        print(f"gpufleet: error: {text}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
