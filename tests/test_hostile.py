@@ -216,6 +216,10 @@ CASES = {
     "catalog: another file's content is not echoed": Case("catalog", 2, **CAT(
         "root:$6$secrethash$xyz:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n", where="models",
         says=("a catalog is a mapping",))),
+    "catalog: a model key with an escape sequence": Case("catalog", 2, **CAT(
+        {"models": {"acme/\x1b[2Jx": TINY}}, where="models.'acme/\\x1b[2Jx'", says=("is not a model key",))),
+    "catalog: a model key with a space": Case("catalog", 2, **CAT({"models": {"acme tiny": TINY}},
+                                                                  where="models.'acme tiny'")),
     "catalog: models a list": Case("catalog", 2, **CAT({"models": [1]}, where="models")),
     "catalog: good extra entry accepted": Case("catalog", 0, **CAT(tiny(), services=[vllm(
         model="acme/tiny", engine_args={"max_model_len": 2048})], file=None)),

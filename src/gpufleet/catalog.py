@@ -1,6 +1,7 @@
 """The model catalog: sizes and shapes of models, and the engines' constant overheads."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -144,8 +145,16 @@ def _number(value, source, where, minimum=0, integer=True, fix="give a positive 
     return value
 
 
+# a model key is a hub id or an Ollama tag: it reaches the Serve config, units and messages
+MODEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}")
+
+
 def _model(key: str, entry, source: str) -> Model:
     where = f"models.{key}"
+    if not MODEL_KEY_RE.fullmatch(key):
+        raise InputError("invalid_field", source, f"models.{key!r}",
+                         "is not a model key (a hub id or an Ollama tag: [A-Za-z0-9._:/@+-], no spaces)",
+                         "for example acme/tiny-1b or tiny:q4")
     if not isinstance(entry, dict):
         raise InputError("invalid_field", source, where, "an entry is a mapping of fields",
                          "see the field list at the top of src/gpufleet/catalog.yml")
