@@ -247,8 +247,16 @@ def _engines(constants, engine, source) -> dict:
         raise InputError("invalid_field", source, where, "must be a mapping of constant to value",
                          "see the engines: section of src/gpufleet/catalog.yml")
     for name, value in constants.items():
-        _number(value, source, f"{where}.{name}", minimum=0, integer=False, fix="give a number of MiB (or tokens)")
+        if name in _ENGINE_COUNTS:  # divisors and counts: 0 or a fraction is a ZeroDivisionError or a nonsense plan
+            _number(value, source, f"{where}.{name}", minimum=1, fix="give a positive whole number")
+        else:
+            _number(value, source, f"{where}.{name}", minimum=0, integer=False,
+                    fix="give a number of MiB (or tokens)")
     return constants
+
+
+_ENGINE_COUNTS = ("block_size", "max_num_batched_tokens", "max_num_seqs", "context_length", "num_parallel",
+                  "sampler_fp32_tensors")
 
 
 def load_catalog(extra_files=()) -> Catalog:
