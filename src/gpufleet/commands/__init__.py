@@ -1,0 +1,1 @@
+"""One module per group of `gpufleet` commands; gpufleet.cli only parses and dispatches."""
