@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpufleet.selectors import SelectorError, Term, matches, parse_selector, parse_term
+from gpufleet.label_selectors import SelectorError, Term, matches, parse_selector, parse_term
 
 NODE0 = {"gpufleet.io/host": "node-0", "gpufleet.io/group": "head", "ray.io/accelerator-type": "A10"}
 NODE1 = {"gpufleet.io/host": "node-1", "gpufleet.io/group": "worker", "gpufleet.io/pool": "cxr",

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 from ansible.errors import AnsibleFilterError
 
-try:
-    from gpufleet import ollama_unit as _ollama_unit
-    from gpufleet import serve_config as _serve_config
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-    from gpufleet import ollama_unit as _ollama_unit
-    from gpufleet import serve_config as _serve_config
+from gpufleet import ollama_unit as _ollama_unit
+from gpufleet import serve_config as _serve_config
 
 NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory_mib")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

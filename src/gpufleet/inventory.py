@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .selectors import KEY_RE, VALUE_RE
+from .label_selectors import KEY_RE, VALUE_RE
 from .yamlfile import check_inventory
 
 HEAD_GROUP, WORKER_GROUP = "ray_head", "ray_workers"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import content, yamlfile
 from .errors import InputError
-from .selectors import VALUE_RE
+from .label_selectors import VALUE_RE
 
 PROJECT_STRATEGIES = content.root() / "strategies"
 # fullmatch everywhere: `$` also matches before a trailing newline ("oll\n" would pass and name a unit file).
