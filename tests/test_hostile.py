@@ -544,8 +544,6 @@ def test_duplicate_key_in_group_vars_through_the_cli(tmp_path):
     assert rc == 2 and "[duplicate_key]" in output and str(tmp_path / case.file) in output, output
 
 
-@pytest.mark.xfail(reason="inventory.read_inventory (the lead's) does not set Ansible's any_unparsed_is_failed "
-                   "yet: a folder with one unparsable file is planned without its hosts", strict=False)
 def test_partial_inventory_is_refused(tmp_path):
     case = Case("inventory", 2, files={"strategies/t.yml": strategy_text(),
                                        "inventory/extra.ini": "[ray_workers\nnode-2 ansible_host=127.0.0.3\n"},

@@ -173,3 +173,11 @@ def test_a_catalog_overlay_of_engine_defaults_reaches_the_engine_arguments(tmp_p
     ollama = [s["engine_args"] for s in plan["services"] if s["engine"] == "ollama"]
     assert vllm and all(a["max_num_seqs"] == 64 and a["max_num_batched_tokens"] == 4096 for a in vllm), vllm
     assert ollama and all(a["num_parallel"] == 2 for a in ollama), ollama
+
+
+def test_a_partial_inventory_stops_the_play_too(tmp_path):
+    inventory = templated_inventory(tmp_path / "inv")
+    (inventory / "extra.ini").write_text("[ray_workers\nnode-3 ansible_host=127.0.0.5\n")
+    run = play("-i", inventory, REPO / "playbooks/site.yml", "-e", "strategy=cxr-worker")
+    assert run.returncode != 0 and "extra.ini" in run.stdout + run.stderr
+    assert "PLAY RECAP" not in run.stdout, "a play ran on a partial inventory"

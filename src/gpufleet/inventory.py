@@ -222,6 +222,11 @@ def read_inventory(path: str) -> tuple[dict, dict]:
         init_plugin_loader([])
         _plugins_ready = True
     check_inventory(path)  # duplicate keys, alias bombs, size: refused before Ansible reads the files
+    from ansible import constants
+
+    # One unparsable file in an inventory folder fails the read instead of dropping its hosts with
+    # a warning (ansible.cfg sets the same for the playbooks: [inventory] any_unparsed_is_failed).
+    constants.INVENTORY_ANY_UNPARSED_IS_FAILED = True
     loader = DataLoader()
     try:
         inventory = InventoryManager(loader=loader, sources=[path])
