@@ -35,7 +35,8 @@ def generated_cluster(nodes: int, gpus: int, memory_mib: int = 81920):
                "gpufleet_node_labels": {"gpufleet.io/pool": POOLS[i % len(POOLS)],
                                         "gpufleet.io/zone": ZONES[i % len(ZONES)]}}
         for i, name in enumerate(names)}
-    return cluster_from_hostvars({"ray_head": names[:1], "ray_workers": names[1:]}, hostvars, f"generated-{nodes}x{gpus}")
+    groups = {"ray_head": names[:1], "ray_workers": names[1:]}
+    return cluster_from_hostvars(groups, hostvars, f"generated-{nodes}x{gpus}")
 
 
 def _vllm(name, model, tp, util, replicas, selector=None, **args):

@@ -216,7 +216,8 @@ def sandbox(request):
         pytest.skip("sandbox test: run with `pytest -m sandbox` against the podman sandbox")
     ps = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
     missing = {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"} - set(ps.stdout.split())
-    assert not missing, f"sandbox not up ({', '.join(sorted(missing))} missing): ansible-playbook playbooks/sandbox_up.yml"
+    assert not missing, (f"sandbox not up ({', '.join(sorted(missing))} missing): "
+                         "ansible-playbook playbooks/sandbox_up.yml")
     assert (ROOT / "playbooks" / "site.yml").is_file(), "playbooks/site.yml is missing"
     return SANDBOX_INVENTORY
 

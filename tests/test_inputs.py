@@ -371,7 +371,8 @@ def test_selector_syntax(capsys, tmp_path, inventory, value, words):
 
 
 def test_selector_syntax_space_suggests_the_fixed_selector(capsys, tmp_path, inventory):
-    strategies = write_strategy(tmp_path, [vllm(placement={"label_selector": {"gpufleet.io/host": "in(node-0, node-1)"}})])
+    spaced = {"label_selector": {"gpufleet.io/host": "in(node-0, node-1)"}}
+    strategies = write_strategy(tmp_path, [vllm(placement=spaced)])
     _, data = plan_json(capsys, inventory, strategies)
     assert "write in(node-0,node-1)" in only_error(data, "selector_syntax")["message"]
 

@@ -42,8 +42,8 @@ def templated_inventory(folder: Path) -> Path:
         "vars": {"site_gpu_memory": 23028, "site_pool": "cxr"},
         "children": {"ray_head": {"hosts": {"node-0": {"ansible_host": "127.0.0.2"}}},
                      "ray_workers": {"hosts": {"node-1": {"ansible_host": "127.0.0.3"},
-                                               "node-2": {"ansible_host": "127.0.0.4",
-                                                          "gpufleet_node_labels": {"gpufleet.io/pool": "{{ site_pool }}"}}}}}}}))
+                                               "node-2": {"ansible_host": "127.0.0.4", "gpufleet_node_labels":
+                                                          {"gpufleet.io/pool": "{{ site_pool }}"}}}}}}}))
     (folder / "group_vars/all.yml").write_text(
         'gpufleet_gpus: {count: 4, model: A10, memory_mib: "{{ site_gpu_memory }}"}\n'
         'gpufleet_node_ip: "{{ ansible_host }}"\n')
@@ -165,7 +165,8 @@ def test_the_play_refuses_what_the_cli_refuses(tmp_path):
 def test_a_catalog_overlay_of_engine_defaults_reaches_the_engine_arguments(tmp_path):
     """The planner sizes with the catalog it was given, and the plan hands the engines the same values."""
     overlay = tmp_path / "site.yml"
-    overlay.write_text("engines:\n  vllm: {max_num_seqs: 64, max_num_batched_tokens: 4096}\n  ollama: {num_parallel: 2}\n")
+    overlay.write_text("engines:\n  vllm: {max_num_seqs: 64, max_num_batched_tokens: 4096}\n"
+                       "  ollama: {num_parallel: 2}\n")
     plan = json.loads(subprocess.run(
         [BIN / "gpufleet", "plan", "-i", REPO / "inventory/production", "-s", "ollama-sidecar-spread",
          "--catalog", overlay, "--format", "json"], env=ENV, capture_output=True, text=True, check=True).stdout)

@@ -37,7 +37,8 @@ def loopback_inventory(path: Path, workers: int = 3) -> Path:
 @pytest.mark.parametrize("name", PLAYBOOKS)
 def test_syntax_check(name):
     result = subprocess.run(
-        [BIN / "ansible-playbook", "--syntax-check", "-i", REPO / "inventory/production", REPO / f"playbooks/{name}.yml"],
+        [BIN / "ansible-playbook", "--syntax-check", "-i", REPO / "inventory/production",
+         REPO / f"playbooks/{name}.yml"],
         cwd=REPO, env=ENV, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

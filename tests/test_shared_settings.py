@@ -29,7 +29,8 @@ def ansible_content():
 def test_shared_values_are_spelled_only_by_their_owner():
     defaults = yaml.safe_load(OWNER.read_text())
     # the distinctive values: folders and ports (names such as "ray" or "token" are ordinary words)
-    literals = {str(v) for v in defaults.values() if "{{" not in str(v) and (str(v).startswith("/") or str(v).isdigit())}
+    literals = {str(v) for v in defaults.values()
+                if "{{" not in str(v) and (str(v).startswith("/") or str(v).isdigit())}
     assert literals == {"/etc/gpufleet", "/opt/gpufleet", "8265"}
     found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
              for path in ansible_content()

@@ -97,7 +97,8 @@ class ActionModule(ActionBase):
         result.update(
             changed=False,
             msg=f"strategy {plan['strategy']!r} is feasible: {len(plan.get('services') or [])} services "
-            f"on {len(plan.get('nodes') or [])} nodes" + (f" (plan file {args['plan_file']})" if args["plan_file"] else ""),
+            f"on {len(plan.get('nodes') or [])} nodes"
+            + (f" (plan file {args['plan_file']})" if args["plan_file"] else ""),
             ansible_facts={"gpufleet_plan": plan, "gpufleet_nodes": plan["nodes"]},
         )
         return result

@@ -95,7 +95,8 @@ def _node(host: str, group: str, hv: dict, source: str) -> Node:
     gpus = hv.get("gpufleet_gpus")
     fix_gpus = "declare gpufleet_gpus: {count: 4, model: A10, memory_mib: 23028} (or {count: 0}) in host or group vars"
     if not isinstance(gpus, dict):
-        raise InputError("invalid_field", source, f"{host}.gpufleet_gpus", f"is missing or not a mapping ({gpus!r})", fix_gpus)
+        raise InputError("invalid_field", source, f"{host}.gpufleet_gpus", f"is missing or not a mapping ({gpus!r})",
+                         fix_gpus)
     unknown = sorted(map(str, set(gpus) - {"count", "model", "memory_mib", "reserved_mib"}))
     if unknown:
         raise InputError("invalid_field", source, f"{host}.gpufleet_gpus.{unknown[0]}", "is not a known key",
@@ -161,7 +162,8 @@ def cluster_from_hostvars(groups: dict, hostvars: dict, source: str = "inventory
     heads = list(groups.get(HEAD_GROUP) or [])
     if len(heads) != 1:
         raise InputError("invalid_field", source, f"groups.{HEAD_GROUP}",
-                         f"must hold exactly one host, holds {len(heads)}", f"put the Ray head alone in group {HEAD_GROUP}")
+                         f"must hold exactly one host, holds {len(heads)}",
+                         f"put the Ray head alone in group {HEAD_GROUP}")
     workers = [h for h in groups.get(WORKER_GROUP) or [] if h not in heads]
     nodes = [_node(h, "head", hostvars.get(h, {}), source) for h in heads]
     nodes += [_node(h, "worker", hostvars.get(h, {}), source) for h in workers]
@@ -212,10 +214,9 @@ def read_inventory(path: str) -> tuple[dict, dict]:
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
     from ansible.vars.hostvars import HostVars
     from ansible.vars.manager import VariableManager
-
-    from ansible.plugins.loader import init_plugin_loader
 
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in templated values, set up as ansible-playbook does
@@ -238,7 +239,8 @@ def read_inventory(path: str) -> tuple[dict, dict]:
         return groups, planner_hostvars(groups, HostVars(inventory, variables, loader))
     except AnsibleError as exc:
         raise InputError("invalid_inventory", path, "-", f"Ansible cannot read it: {exc.message}",
-                         "fix the file Ansible names above (ansible-inventory -i PATH --list shows the same error)") from None
+                         "fix the file Ansible names above "
+                         "(ansible-inventory -i PATH --list shows the same error)") from None
 
 
 def load_cluster(path: str) -> Cluster:

@@ -50,7 +50,8 @@ def parse_term(key: str, raw) -> Term:
         negated, inner = match.group(1) == "!", match.group(2)
         if " " in inner or "\t" in inner:
             raise SelectorError(f"{key}: {raw!r} has a space inside in(...): Ray's parser does not trim, "
-                                f"so it never matches; write {match.group(1)}in({','.join(v.strip() for v in inner.split(','))})")
+                                f"so it never matches; write "
+                                f"{match.group(1)}in({','.join(v.strip() for v in inner.split(','))})")
         values = inner.split(",")
     else:
         negated = raw.startswith("!")

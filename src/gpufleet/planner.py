@@ -12,8 +12,8 @@ from . import ollama_unit
 from .catalog import DTYPE_BYTES, Catalog, Model
 from .errors import Finding
 from .inventory import HOST_LABEL, Cluster, Node
-from .plan_data import plan_to_dict
 from .label_selectors import SelectorError, matches, parse_selector
+from .plan_data import plan_to_dict
 from .strategy import Service, Strategy
 
 EPSILON_MIB = 1e-6

@@ -86,7 +86,7 @@ class Scrubber:
                              key=len, reverse=True)
 
     @classmethod
-    def from_sources(cls, extravars: dict, environ: dict) -> "Scrubber":
+    def from_sources(cls, extravars: dict, environ: dict) -> Scrubber:
         values = [str(v) for k, v in environ.items() if is_secret_name(k)]
         for name, value in extravars.items():
             values += _secret_leaves(name, value)

@@ -11,6 +11,7 @@ import sys
 from .api import plan_from_inventory
 from .serve_config import endpoint
 
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpufleet.smoke", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

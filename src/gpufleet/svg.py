@@ -24,14 +24,16 @@ def render_svg(data: dict) -> str:
             h = HEIGHT * a["mib"] / scale_mib
             y -= h
             detail = ", ".join(f"{k} {v}" for k, v in a["parts"].items() if v)
-            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{BAR}" height="{h:.1f}" fill="{color.get(a["service"], "#999")}" '
+            fill = color.get(a["service"], "#999")
+            parts.append(f'<rect x="{x}" y="{y:.1f}" width="{BAR}" height="{h:.1f}" fill="{fill}" '
                          f'stroke="white" stroke-width="0.5"><title>{escape(g["host"])}:{g["index"]} '
                          f'{escape(a["service"])}#{a["replica"]}: {a["mib"]} MiB ({escape(detail)})</title></rect>')
         capacity_y = TOP + HEIGHT - HEIGHT * g["memory_mib"] / scale_mib
         over = g["planned_mib"] > g["memory_mib"]
         parts.append(f'<line x1="{x - 1}" x2="{x + BAR + 1}" y1="{capacity_y:.1f}" y2="{capacity_y:.1f}" '
                      f'stroke="{"#d00" if over else "#333"}" stroke-width="{2 if over else 1}"/>')
-        parts.append(f'<text x="{x + BAR / 2}" y="{TOP + HEIGHT + 12}" font-size="8" text-anchor="middle">{g["index"]}</text>')
+        parts.append(f'<text x="{x + BAR / 2}" y="{TOP + HEIGHT + 12}" font-size="8" '
+                     f'text-anchor="middle">{g["index"]}</text>')
         x += BAR + GAP
     legend_y = TOP + HEIGHT + 70
     for i, name in enumerate(services):
