@@ -198,7 +198,7 @@ def test_missing_inventory_exits_2(capsys, tmp_path):
     missing = str(tmp_path / "no-such-inventory")
     rc, out, err = run(capsys, "plan", "-i", missing, "-s", "t", "--strategies-dir", strategies)
     assert rc == 2 and out == ""
-    assert f"[invalid_field] {missing}: -: no hosts found" in err
+    assert f"[missing_file] {missing}: -i: no such inventory" in err
 
 
 def test_inventory_inheritance_host_vars_override_group_vars(capsys, tmp_path):

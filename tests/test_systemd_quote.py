@@ -219,7 +219,7 @@ def test_ray_unit_passes_hostile_values_as_single_arguments(tmp_path):
     node_ip = "not an ip; rm -rf /"
     args = ["--head", f"--node-ip-address={node_ip}", "--labels=k=v w", "--num-cpus=$HOME", "--x=50%"]
     unit = _render("roles/ray/templates/ray.service.j2", {
-        "_ray_node": {"group": "head", "host": "node-0"}, "ray_user": "ray", "ray_group": "ray",
+        "_ray_node": {"group": "head", "host": "node-0"}, "ray_user": "ray", "gpufleet_ray_group": "ray",
         "ray_home": "/var/lib/ray", "_ray_environment": {"RAY_AUTH_MODE": "token", "ODD": 'a"b$c%d'},
         "_ray_binary": "/opt/gpufleet/ray venv/bin/ray", "_ray_start_args": args, "ray_restart_sec": 5,
     }, tmp_path)

@@ -222,6 +222,9 @@ def read_inventory(path: str) -> tuple[dict, dict]:
     if not _plugins_ready:  # lookups and filters in templated values, set up as ansible-playbook does
         init_plugin_loader([])
         _plugins_ready = True
+    if not Path(path).exists():
+        raise InputError("missing_file", path, "-i", "no such inventory",
+                         "point -i at an inventory folder or file, for example inventory/production")
     check_inventory(path)  # duplicate keys, alias bombs, size: refused before Ansible reads the files
     from ansible import constants
 
