@@ -4,6 +4,7 @@ Pure: cluster + catalog + strategy in, Plan out; no I/O. The formulas are in mem
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
 from . import engine_args as planned_args
@@ -19,7 +20,7 @@ from .strategy import Service, Strategy
 EPSILON_MIB = 1e-6
 
 
-@dataclass
+@dataclass(slots=True)  # one per replica per device: 10,000 nodes hold 100,000s (no __dict__ each)
 class Allocation:
     service: str
     replica: int
@@ -30,7 +31,7 @@ class Allocation:
     held: float | None = None  # what the running vLLM process holds (Instance.held), for planned-versus-observed
 
 
-@dataclass
+@dataclass(slots=True)
 class Device:
     host: str
     index: int
@@ -153,6 +154,34 @@ class _Planner:
             else:
                 self.devices[node.host] = []
         self._instances: dict = {}
+        # Indexes that keep planning linear in nodes x services (README "How the planner scales"); none
+        # changes a decision (tests/test_plan_identity.py):
+        # - nodes with the same labels (the host label aside) and the same devices form a class: a selector
+        #   is matched once per class, an empty node's capacity counted once per class;
+        # - the largest free memory of each node's devices: a node where no device has room for a replica
+        #   is skipped without looking at its devices (free memory only shrinks while planning).
+        self._node_by_host: dict[str, Node] = {}
+        for node in cluster.nodes:
+            self._node_by_host.setdefault(node.host, node)
+        classes: dict = {}
+        for i, node in enumerate(cluster.nodes):
+            shared = tuple((k, v) for k, v in node.match_labels.items() if k != HOST_LABEL)
+            key = (shared, node.gpu_count, node.gpu_model, node.gpu_memory_mib, node.gpu_reserved_mib,
+                   node.cpu_memory_mib)  # what the node's devices are made of (above)
+            classes.setdefault(key, []).append(i)
+        self._classes = [(dict(key[0]), key[1], key[5], indices) for key, indices in classes.items()]
+        self._class_of = [0] * len(cluster.nodes)
+        for number, (_, _, _, indices) in enumerate(self._classes):
+            for i in indices:
+                self._class_of[i] = number
+        self._max_free = [max([d.memory_mib - d.used_mib for d in self.devices[n.host]], default=0.0)
+                          for n in cluster.nodes]
+        self._index = {node.host: i for i, node in reversed(list(enumerate(cluster.nodes)))}
+        # (selector terms, tp) -> (matched, usable): node indices in inventory order, and {class: usable nodes}
+        self._eligible: dict = {}
+        self._usable: dict = {}  # service name -> its usable node indices
+        self._capacity: dict = {}  # (service name, class) -> alone_capacity
+        self._allocations: dict = {}  # (service name, device size) -> allocate's instance, parts and label
 
     def error(self, code, message, fix="", service=None, gpu=None, field=None):
         self.errors.append(Finding(code, message, fix, service, gpu, field))
@@ -262,14 +291,68 @@ class _Planner:
     # ---- eligibility and capacity -------------------------------------------
     def eligible_nodes(self, sp: ServicePlan) -> tuple[list[Node], list[Node]]:
         """(nodes the selector matches, those of them with devices for one replica)."""
-        matched = [n for n in self.cluster.nodes if matches(sp.terms, n.match_labels)]
-        usable = [n for n in matched if (n.gpu_count >= sp.tp) if n.gpu_count] + [
-            n for n in matched if not n.gpu_count and n.cpu_memory_mib and sp.tp == 1]
-        order = {n.host: i for i, n in enumerate(self.cluster.nodes)}
-        return matched, sorted(usable, key=lambda n: order[n.host])
+        key = (sp.terms, sp.tp)
+        if key not in self._eligible:
+            # A term on the host label is matched per node; every other term once per class.
+            per_host = tuple(t for t in sp.terms if t.key == HOST_LABEL)
+            shared = tuple(t for t in sp.terms if t.key != HOST_LABEL)
+            nodes, matched, usable = self.cluster.nodes, [], []
+            named = None  # the nodes a host term names (in(...) or one host): looked up, not searched for
+            for term in per_host:
+                if not term.negated:
+                    hits = {self._index[h] for h in term.values if h in self._index}
+                    named = hits if named is None else named & hits
+            if named is not None:
+                named = sorted(i for i in named if matches(per_host, {HOST_LABEL: nodes[i].host}))
+            for number, (labels, gpus, cpu_memory, indices) in enumerate(self._classes):
+                if not matches(shared, labels):
+                    continue
+                if named is not None:
+                    indices = [i for i in named if self._class_of[i] == number]
+                elif per_host:
+                    indices = [i for i in indices if matches(per_host, {HOST_LABEL: nodes[i].host})]
+                matched.append(indices)
+                if (gpus >= sp.tp) if gpus else (cpu_memory and sp.tp == 1):
+                    usable.append(indices)
+            counts = {self._class_of[part[0]]: len(part) for part in usable if part}
+            self._eligible[key] = tuple(sorted(i for part in parts for i in part) if len(parts) > 1 else
+                                        list(parts[0]) if parts else [] for parts in (matched, usable)) + (counts,)
+        matched, usable, counts = self._eligible[key]
+        self._usable[sp.name] = usable, counts
+        nodes = self.cluster.nodes
+        return [nodes[i] for i in matched], [nodes[i] for i in usable]
+
+    def _capacity_of(self, sp: ServicePlan) -> int:
+        """sum(alone_capacity(sp, node)) over SP's usable nodes, counted once per class."""
+        counts = self._usable[sp.name][1]
+        nodes = self.cluster.nodes
+        return sum(self.alone_capacity(sp, nodes[self._classes[number][3][0]]) * count
+                   for number, count in counts.items())
+
+    def _with_room(self, sp: ServicePlan) -> list:
+        """SP's usable nodes where try_place could place a replica now: those with a device whose free
+        memory covers one instance. Placing SP changes only the node it places on, so a node left out
+        here would have been refused by try_place when the loop reached it."""
+        indices, counts = self._usable[sp.name]
+        if not indices:
+            return []
+        nodes, max_free, class_of, classes = self.cluster.nodes, self._max_free, self._class_of, self._classes
+        needs = {}
+        for number in counts:
+            needs[number] = self.instance(sp, self.devices[nodes[classes[number][3][0]].host][0]).need
+        if len(set(needs.values())) == 1:
+            need = next(iter(needs.values()))
+            return [nodes[i] for i in indices if max_free[i] + EPSILON_MIB >= need]
+        return [nodes[i] for i in indices if max_free[i] + EPSILON_MIB >= needs[class_of[i]]]
 
     def alone_capacity(self, sp: ServicePlan, node: Node) -> int:
         """Replicas of this service an empty node could hold."""
+        key = (sp.name, self._class_of[self._index[node.host]])
+        if key not in self._capacity:
+            self._capacity[key] = self._alone_capacity(sp, node)
+        return self._capacity[key]
+
+    def _alone_capacity(self, sp: ServicePlan, node: Node) -> int:
         devices = self.devices[node.host]
         if not devices:
             return 0
@@ -279,8 +362,8 @@ class _Planner:
 
     def try_place(self, sp: ServicePlan, node: Node, replica: int, force: bool = False) -> bool:
         devices = self.devices[node.host]
-        need = self.instance(sp, devices[0]).need
-        chosen = [d for d in devices if d.free_mib + EPSILON_MIB >= need][:sp.tp]
+        need = self._allocation(sp, devices[0])[3]  # self.instance(sp, devices[0]).need
+        chosen = [d for d in devices if d.memory_mib - d.used_mib + EPSILON_MIB >= need][:sp.tp]  # d.free_mib
         if len(chosen) < sp.tp:
             if not force:
                 return False
@@ -290,6 +373,15 @@ class _Planner:
 
     def allocate(self, sp: ServicePlan, node: Node, replica: int, chosen: list[Device]) -> None:
         for device in chosen:
+            _, parts, label, need, held = self._allocation(sp, device)
+            device.add(Allocation(sp.name, replica, need, dict(parts), sp.util, label, held))
+        self._max_free[self._index[node.host]] = max([d.memory_mib - d.used_mib for d in self.devices[node.host]])
+        sp.placements.append((replica, node.host, [d.index for d in chosen]))
+
+    def _allocation(self, sp: ServicePlan, device: Device) -> tuple:
+        """(instance, parts, message label, need, held) of SP on DEVICE: the same on every device of one size."""
+        key = (sp.name, device.kind, device.memory_mib, device.model, device.reserved_mib)
+        if key not in self._allocations:
             inst = self.instance(sp, device)
             usable = f" usable ({device.memory_mib + device.reserved_mib} - {device.reserved_mib} reserved)" if (
                 device.reserved_mib) else ""
@@ -297,14 +389,14 @@ class _Planner:
                      + (f" + {inst.context:.0f} CUDA context" if inst.context else "")
                      + (f" + {inst.need - inst.budget - inst.context:.0f} sampler warm-up"
                         if inst.need > inst.budget + inst.context + EPSILON_MIB else ""))
-            device.add(Allocation(sp.name, replica, inst.need, inst.parts(), sp.util, label,
-                                  inst.held if device.kind == "gpu" else None))
-        sp.placements.append((replica, node.host, [d.index for d in chosen]))
+            self._allocations[key] = (inst, inst.parts(), label, inst.need,
+                                      inst.held if device.kind == "gpu" else None)
+        return self._allocations[key]
 
     # ---- placement ------------------------------------------------------------
     def place_ollama(self, sp: ServicePlan) -> None:
         service, where = sp.service, f"services[{sp.name}].placement"
-        node = self.cluster.node(service.host)
+        node = self._node_by_host.get(service.host)
         if node is None:
             self.error("selector_matches_nothing", f"host {service.host!r} is not in the inventory",
                        f"use one of: {', '.join(n.host for n in self.cluster.nodes)}", sp.name, field=f"{where}.host")
@@ -335,6 +427,7 @@ class _Planner:
             device.add(Allocation(sp.name, 0, total, parts, None,
                                   f"Ollama estimate {total:.0f} (weights {weights / count:.0f} + KV {kv / count:.0f} "
                                   f"+ graph {graph:.0f} + CUDA context {context:.0f})"))
+        self._max_free[self._index[node.host]] = max(d.free_mib for d in self.devices[node.host])
         sp.placements.append((0, node.host, list(service.gpus)))
 
     def place_required(self, sp: ServicePlan, matched: list[Node]) -> None:
@@ -354,7 +447,7 @@ class _Planner:
                        sp.name, field=f"{where}.engine_args.tensor_parallel_size")
             sp.blocked = True
             return
-        capacity = sum(self.alone_capacity(sp, n) for n in usable)
+        capacity = self._capacity_of(sp)
         if wanted > capacity:
             gpus = sum(n.gpu_count for n in usable)
             self.error("replicas_exceed_capacity",
@@ -363,9 +456,11 @@ class _Planner:
                        f"lower replicas to {capacity} or widen the label selector", sp.name, field=f"{where}.replicas")
             wanted = capacity
         replica = 0
-        for node in usable:
+        for node in self._with_room(sp) if wanted > 0 else ():
             while replica < wanted and self.try_place(sp, node, replica):
                 replica += 1
+            if replica >= wanted:
+                break
         while replica < wanted:  # co-located by the strategy: place anyway, the device check reports it
             best = max(usable, key=lambda n: (
                 self.alone_capacity(sp, n) > 0,
@@ -376,7 +471,7 @@ class _Planner:
     def place_extra(self, sp: ServicePlan) -> None:
         replicas = sp.service.replicas
         replica = len(sp.placements)
-        for node in sp.eligible:
+        for node in self._with_room(sp) if replica < replicas.max else ():
             while replica < replicas.max and self.try_place(sp, node, replica):
                 replica += 1
             if replica >= replicas.max:
@@ -503,7 +598,10 @@ class _Planner:
                          "listen": ollama_listen[s.name], "spread": len(s.gpus) > 1}
 
     def device(self, host: str, index: int) -> Device:
-        return next(d for d in self.devices[host] if d.index == index)
+        devices = self.devices[host]
+        if 0 <= index < len(devices) and devices[index].index == index:
+            return devices[index]
+        return next(d for d in devices if d.index == index)
 
     def ray_placement(self, sp: ServicePlan) -> dict | None:
         """Ray Serve LLM runs every vLLM replica in a placement group: one bundle per TP worker,
@@ -515,12 +613,15 @@ class _Planner:
         if self.device(host, indices[0]).kind == "cpu":
             bundles = [{"CPU": 1} for _ in range(sp.tp)]
         else:
-            shared, fraction = False, 0.0
+            shared, fraction, name = False, 0.0, sp.name
             for replica, host, indices in sp.placements:
                 for index in indices:
-                    device = self.device(host, index)
-                    shared |= any((a.service, a.replica) != (sp.name, replica) for a in device.allocations)
-                    mine = next(a for a in device.allocations if (a.service, a.replica) == (sp.name, replica))
+                    device, mine = self.device(host, index), None
+                    for a in device.allocations:  # is anything else on it, and this replica's allocation
+                        if a.service == name and a.replica == replica:
+                            mine = mine or a
+                        else:
+                            shared = True
                     fraction = max(fraction, mine.mib / device.memory_mib)
             bundles = [{"GPU": mem.ceil_share(fraction) if shared else 1.0} for _ in range(sp.tp)]
         return {"bundles": bundles,
@@ -562,4 +663,13 @@ class _Planner:
 
 
 def plan(cluster: Cluster, catalog: Catalog, strategy: Strategy) -> Plan:
-    return _Planner(cluster, catalog, strategy).run()
+    # Everything the planner allocates lives until the plan is returned, and a big cluster's plan is
+    # millions of objects: the cyclic collector would walk them again and again as they pile up (a third
+    # of the time of 10,000 nodes x 200 services). It runs once, afterwards, if it is on.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _Planner(cluster, catalog, strategy).run()
+    finally:
+        if enabled:
+            gc.enable()
