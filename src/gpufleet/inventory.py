@@ -1,8 +1,12 @@
 """The cluster as the Ansible inventory declares it: nodes, their GPUs and their Ray labels."""
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,6 +213,52 @@ def _plain(value):
 _plugins_ready = False
 
 
+def _routing_cache_dir() -> Path:
+    return Path(os.environ.get("GPUFLEET_CACHE") or Path.home() / ".cache" / "gpufleet") / "ansible-routing"
+
+
+def cache_ansible_routing() -> None:
+    """Keep Ansible's parse of its plugin routing metadata (ansible_builtin_runtime.yml, 370 kB of YAML that
+    any import of an ansible.* module after init_plugin_loader makes it read: 40-60 ms of every
+    `gpufleet plan`) as JSON, keyed by the digest of the YAML, under $GPUFLEET_CACHE/ansible-routing.
+
+    Ansible provides for this: its collection loader calls `_collection_finder._meta_yml_to_dict`,
+    which "may be monkeypatched to another implementation ... to cache the output" (its docstring).
+    The result is the same dict (BaseLoader: strings, lists and mappings only, which JSON keeps exactly),
+    so the inventory is read exactly as the plays read it. Any failure falls back to Ansible's parse."""
+    try:
+        from ansible.utils.collection_loader import _collection_finder
+    except ImportError:  # pragma: no cover - another Ansible layout: nothing is cached
+        return
+    parse = getattr(_collection_finder, "_meta_yml_to_dict", None)
+    if parse is None or getattr(parse, "gpufleet_cache", False):
+        return
+
+    def cached(yaml_string_data, content_id):
+        raw = yaml_string_data.encode() if isinstance(yaml_string_data, str) else bytes(yaml_string_data)
+        path = _routing_cache_dir() / (hashlib.sha256(raw).hexdigest() + ".json")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            if isinstance(data, dict):
+                return data
+        except (OSError, ValueError):
+            pass
+        data = parse(yaml_string_data, content_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            os.replace(temporary, path)
+        except (OSError, TypeError, ValueError):
+            pass
+        return data
+
+    cached.gpufleet_cache = True
+    _collection_finder._meta_yml_to_dict = cached
+
+
 def read_inventory(path: str) -> tuple[dict, dict]:
     """groups and the planner's host variables, read and templated by Ansible itself."""
     from ansible.errors import AnsibleError
@@ -220,6 +270,7 @@ def read_inventory(path: str) -> tuple[dict, dict]:
 
     global _plugins_ready
     if not _plugins_ready:  # lookups and filters in templated values, set up as ansible-playbook does
+        cache_ansible_routing()
         init_plugin_loader([])
         _plugins_ready = True
     if not Path(path).exists():
