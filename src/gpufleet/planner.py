@@ -461,11 +461,16 @@ class _Planner:
                 replica += 1
             if replica >= wanted:
                 break
-        while replica < wanted:  # co-located by the strategy: place anyway, the device check reports it
-            best = max(usable, key=lambda n: (
-                self.alone_capacity(sp, n) > 0,
-                sum(sorted((d.free_mib for d in self.devices[n.host]), reverse=True)[:sp.tp])))
-            self.try_place(sp, best, replica, force=True)
+        def room(n: Node) -> tuple:
+            return (self.alone_capacity(sp, n) > 0,
+                    sum(sorted((d.free_mib for d in self.devices[n.host]), reverse=True)[:sp.tp]))
+        # co-located by the strategy: place anyway (on the roomiest node, the first of equals), the device
+        # check reports it. A node's room changes only when a replica lands on it: kept, not recomputed.
+        rooms = [room(n) for n in usable] if replica < wanted else []
+        while replica < wanted:
+            best = max(range(len(usable)), key=rooms.__getitem__)
+            self.try_place(sp, usable[best], replica, force=True)
+            rooms[best] = room(usable[best])
             replica += 1
 
     def place_extra(self, sp: ServicePlan) -> None:
@@ -665,7 +670,8 @@ class _Planner:
 def plan(cluster: Cluster, catalog: Catalog, strategy: Strategy) -> Plan:
     # Everything the planner allocates lives until the plan is returned, and a big cluster's plan is
     # millions of objects: the cyclic collector would walk them again and again as they pile up (a third
-    # of the time of 10,000 nodes x 200 services). It runs once, afterwards, if it is on.
+    # of the time of 10,000 nodes x 200 services). It is paused while planning and resumes afterwards
+    # if it was on.
     enabled = gc.isenabled()
     gc.disable()
     try:
