@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import re
 
+from .inventory import HOST_LABEL
+
 try:
     from .serve_config import APP_NAME, LLM_DEPLOYMENT_PREFIX
 except ImportError:  # serve_config names them; the same literals otherwise
     APP_NAME, LLM_DEPLOYMENT_PREFIX = "gpufleet", "LLMServer:"
 
-HOST_LABEL = "gpufleet.io/host"
 # Ray: an application is RUNNING while its deployments are "healthy or autoscaling".
 SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")
 # nvidia-smi and the planner never agree to the MiB: drift starts above this margin.
