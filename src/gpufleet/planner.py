@@ -154,7 +154,7 @@ class _Planner:
             else:
                 self.devices[node.host] = []
         self._instances: dict = {}
-        # Indexes that keep planning linear in nodes x services (README "How the planner scales"); none
+        # Indexes that keep planning linear in nodes x services (BENCHMARKS.md, "Growth"); none
         # changes a decision (tests/test_plan_identity.py):
         # - nodes with the same labels (the host label aside) and the same devices form a class: a selector
         #   is matched once per class, an empty node's capacity counted once per class;
