@@ -6,10 +6,10 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from gpufleet import nvidia_smi as _nvidia_smi
 from gpufleet import ollama_unit as _ollama_unit
 from gpufleet import serve_config as _serve_config
 
-NVIDIA_SMI_FIELDS = ("index", "uuid", "name", "memory_mib")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words that systemd reads back unchanged without quotes (no quote, backslash, space, specifier
 # or variable); everything else is quoted.
@@ -90,27 +90,18 @@ def serve_config(plan: dict, options: dict | None = None) -> dict:
         raise AnsibleFilterError(str(exc)) from None
 
 
-def nvidia_smi_gpus(text: str) -> list:
-    """Rows of `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader,nounits`."""
-    gpus = []
-    for line in str(text).splitlines():
-        if not line.strip():
-            continue
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) != len(NVIDIA_SMI_FIELDS):
-            raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}")
-        try:
-            gpus.append({"index": int(cells[0]), "uuid": cells[1], "name": cells[2],
-                         "memory_mib": int(float(cells[3]))})
-        except ValueError:
-            raise AnsibleFilterError(f"unexpected nvidia-smi line: {line!r}") from None
-    return gpus
+def nvidia_smi(text: str, fields: str = _nvidia_smi.IDENTITY) -> list:
+    """nvidia-smi's CSV rows as dicts (gpufleet.nvidia_smi: the one reader)."""
+    try:
+        return _nvidia_smi.parse(text, fields)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def ollama_units(plan: dict, host: str, gpus: list | None = None, unit_prefix: str = "gpufleet-ollama-") -> list:
     """The plan's Ollama services that run on `host`, one systemd unit each.
 
-    CUDA_VISIBLE_DEVICES lists GPU UUIDs when preflight read them (`gpus`, as nvidia_smi_gpus
+    CUDA_VISIBLE_DEVICES lists GPU UUIDs when preflight read them (`gpus`, as the gpufleet_nvidia_smi filter
     returns), otherwise the planned indices.
     """
     uuid_by_index = {g["index"]: g["uuid"] for g in gpus or []}
@@ -184,7 +175,7 @@ class FilterModule:
         return {
             "gpufleet_ray_labels": ray_labels,
             "gpufleet_serve_config": serve_config,
-            "gpufleet_nvidia_smi_gpus": nvidia_smi_gpus,
+            "gpufleet_nvidia_smi": nvidia_smi,
             "gpufleet_ollama_units": ollama_units,
             "gpufleet_serve_health": serve_health,
             "gpufleet_systemd_quote": systemd_quote,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 
+from . import nvidia_smi
 from .inventory import HOST_LABEL
 
 try:
@@ -54,18 +55,8 @@ def _finding(code: str, message: str, **where) -> dict:
 
 
 def parse_gpu_rows(rows: list) -> list:
-    """nvidia-smi --query-gpu=index,uuid,name,memory.total,memory.used --format=csv,noheader,nounits"""
-    gpus = []
-    for row in rows or []:
-        parts = [p.strip() for p in row.split(",")]
-        if len(parts) < 5:
-            continue
-        try:
-            gpus.append({"index": int(parts[0]), "uuid": parts[1], "name": parts[2],
-                         "memory_mib": int(float(parts[3])), "used_mib": int(float(parts[4]))})
-        except ValueError:
-            continue
-    return gpus
+    """status.yml's nvidia-smi rows (gpufleet.nvidia_smi.STATUS); a row that does not parse is left out."""
+    return nvidia_smi.parse(rows, nvidia_smi.STATUS, strict=False)
 
 
 def parse_unit_rows(rows: list) -> list:
