@@ -12,7 +12,7 @@ Record again (only when a plan is meant to change; say why in the commit):
     PYTHONPATH=src .venv/bin/python tests/test_plan_identity.py --record
 
 A case whose inputs changed since the recording (a strategy, inventory or catalog file edited)
-is skipped with that reason; re-record it with the command above.
+fails with that reason (never skipped): re-record it with the command above.
 """
 from __future__ import annotations
 
@@ -234,7 +234,8 @@ def test_plan_is_unchanged(name, thunk, recorded):
         pytest.fail(f"{name} is not recorded: record again (module docstring)")
     before, now = recorded[name], record(thunk())
     if "inputs" in before and before["inputs"] != now.get("inputs"):
-        pytest.skip(f"{name}: its inputs changed since the recording ({before['inputs']} -> {now.get('inputs')})")
+        pytest.fail(f"{name}: its inputs changed since the recording ({before['inputs']} -> {now.get('inputs')}); "
+                    "if the plan is meant to change, record again (module docstring) and say why in the commit")
     if "plan" in before:
         assert now.get("plan") == before["plan"]
     assert now["summary"] == before["summary"]
