@@ -65,3 +65,18 @@ def test_a_run_against_a_closed_port_counts_every_refusal(tmp_path, capsys):
     assert data["summary"]["failures_by_cause"] == {"connection": 20}
     assert {r["kind"] for r in data["requests"]} == {"chat", "stream", "embed"}
     assert "failed 20" in capsys.readouterr().out
+
+
+@pytest.mark.sandbox
+def test_load_on_the_sandbox_endpoint(sandbox, tmp_path, capsys):
+    """Two clients for 20 s through the applied sandbox strategy's endpoint: every request answered."""
+    out = tmp_path / "load.json"
+    rc = load.main(["-i", sandbox, "-s", "sandbox", "--concurrency", "2", "--duration", "20",
+                    "--max-requests", "400", "--json", str(out)])
+    data = json.loads(out.read_text())
+    print(capsys.readouterr().out)
+    assert data["url"] == "http://10.89.0.10:8000/v1"
+    assert rc == 0 and data["summary"]["failed"] == 0, data["summary"]
+    kinds = {r["kind"] for r in data["requests"]}
+    assert kinds == {"chat", "stream", "embed"} and data["summary"]["requests"] >= 6
+    assert all(r["ttft_s"] for r in data["requests"] if r["kind"] == "stream")
