@@ -1,6 +1,7 @@
 """vLLM 0.32's own KV-cache sizing for a model the planner sizes, as JSON (tests/test_planner.py runs it).
 
     python tests/kv_cache_probe.py CONFIG_JSON_DIR TP MAX_MODEL_LEN ASYNC KV_BYTES [KV_BYTES ...]
+    python tests/kv_cache_probe.py --many JSON   # JSON: a list of such argument lists; prints a list
 
 Builds a real VllmConfig from a local config.json (no weights, no tokenizer), the per-layer KV-cache
 specs the attention layers of that model register (FullAttentionSpec / SlidingWindowSpec, KV heads
@@ -56,4 +57,7 @@ def main(argv: list) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1:])))
+    if sys.argv[1:2] == ["--many"]:  # one interpreter (one vLLM import) for several sizings
+        print(json.dumps([main(list(map(str, argv))) for argv in json.loads(sys.argv[2])]))
+    else:
+        print(json.dumps(main(sys.argv[1:])))

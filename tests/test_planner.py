@@ -820,12 +820,19 @@ def _gemma27_config(folder: Path) -> Path:
     return folder
 
 
-def _probe(folder: Path, tp: int, max_len: int, use_async: bool, *kv_bytes: int) -> dict:
+def _probe_args(folder: Path, tp: int, max_len: int, use_async: bool, *kv_bytes: int) -> list:
+    return [str(folder), tp, max_len, "1" if use_async else "0", *kv_bytes]
+
+
+def _probe_many(folder: Path, *probes: list) -> list:
+    """One probe interpreter (one vLLM import) for several sizings: a result per _probe_args list."""
     import subprocess
-    out = subprocess.run([sys.executable, str(PROBE), str(folder), str(tp), str(max_len), "1" if use_async else "0",
-                          *map(str, kv_bytes)], capture_output=True, text=True, timeout=600, cwd=folder)
+    out = subprocess.run([sys.executable, str(PROBE), "--many", json.dumps(probes)],
+                         capture_output=True, text=True, timeout=600, cwd=folder)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(results) == len(probes)
+    return results
 
 
 def test_vllm_own_get_kv_cache_configs_agrees_with_the_planner(tmp_path):
@@ -834,17 +841,19 @@ def test_vllm_own_get_kv_cache_configs_agrees_with_the_planner(tmp_path):
     a10_kv = budget(0.95) - W27_TP4 - ACT27_TP4 - NON_TORCH
     need_async = mem.one_sequence_mib(model, 8192, 4, 2, 16, 2 * MNBT)
     need_sync = mem.one_sequence_mib(model, 8192, 4, 2, 16, MNBT)
-    a10 = _probe(folder, 4, 8192, True, int(a10_kv * MIB), int(need_async * MIB), int(need_async * MIB) - 1)
+    a10, sync, h100 = _probe_many(
+        folder,
+        _probe_args(folder, 4, 8192, True, int(a10_kv * MIB), int(need_async * MIB), int(need_async * MIB) - 1),
+        _probe_args(folder, 4, 8192, False, int(need_sync * MIB), int(need_sync * MIB) - 1),
+        _probe_args(folder, 2, 32768, True, int(h100_gemma27_kv_mib() * MIB)))
     assert a10["max_concurrent_batches"] == 2
     ok, exact, short = a10["results"]
     assert ok["groups"] == 7
     assert ok["tokens"] == run_plan("baseline")[1]["services"][0]["kv_cache_tokens"] == 73486
     assert "tokens" in exact and "error" not in exact                # the planner's need is enough ...
     assert "To serve at least one request" in short["error"]         # ... and one byte less is refused
-    sync = _probe(folder, 4, 8192, False, int(need_sync * MIB), int(need_sync * MIB) - 1)
     assert sync["max_concurrent_batches"] == 1
     assert "error" not in sync["results"][0] and "error" in sync["results"][1]
-    h100 = _probe(folder, 2, 32768, True, int(h100_gemma27_kv_mib() * MIB))
     assert h100["results"][0]["tokens"] == service(_h100_gemma27(), "g")["kv_cache_tokens"] == 588669
 
 
