@@ -19,6 +19,18 @@ _ARCH_FIELDS = ("layers", "kv_heads", "head_dim")
 RUNNERS = ("generate", "pooling")
 ENGINES = ("vllm", "ollama")
 MAX_INT = 2**50  # bytes of the largest checkpoint and far beyond; anything above is a typo
+# The tables below (and the ones above) are the catalog schema: the checks here read them, and
+# gpufleet.schema exports them as JSON Schema (`gpufleet schema catalog`).
+CATALOG_KEYS = ("models", "engines", "gpus", "calibration")
+FORMATS = ("hf", "gguf")
+GGUF_FIELDS = ("ollama_tag", "size_bytes")  # required in a gguf entry
+# integer fields that are >= 1 when given (every other integer field is >= 0)
+POSITIVE_FIELDS = ("layers", "attention_heads", "kv_heads", "head_dim", "hidden_size", "intermediate_size",
+                   "vocab_size", "max_context", "size_bytes", "sliding_window")
+NAME_FIELDS = ("ollama_tag", "base")  # names without spaces or control characters, 1-256 characters
+MAX_NAME = 256
+NAME_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f]")  # spaces and control characters
+EXTRA_FIELDS = ("params_b",)  # accepted, not kept in Model
 
 
 @dataclass(frozen=True)
@@ -89,11 +101,11 @@ def _read_yaml(path: Path | str, text: str | bytes | None = None) -> dict:
     else:
         data = yamlfile.load_text(text, str(path))
     if (not isinstance(data, dict) or not isinstance(data.get("models") or {}, dict)
-            or not set(data) & {"models", "engines", "gpus", "calibration"}):
+            or not set(data) & set(CATALOG_KEYS)):
         # no key of the file is echoed: --catalog pointed at some other file must not print its content
         raise InputError("invalid_field", str(path), "models",
                          "a catalog is a mapping with a `models:` mapping", "see src/gpufleet/catalog.yml")
-    unknown = sorted(map(str, set(data) - {"models", "engines", "gpus", "calibration"}))
+    unknown = sorted(map(str, set(data) - set(CATALOG_KEYS)))
     if unknown:
         raise InputError("invalid_field", str(path), unknown[0][:64], "is not a catalog key",
                          "a catalog holds models:, engines:, gpus: and calibration:")
@@ -159,14 +171,14 @@ def _model(key: str, entry, source: str) -> Model:
         raise InputError("invalid_field", source, where, "an entry is a mapping of fields",
                          "see the field list at the top of src/gpufleet/catalog.yml")
     fmt = entry.get("format")
-    if fmt not in ("hf", "gguf"):
+    if fmt not in FORMATS:
         raise InputError("invalid_field", source, f"{where}.format", f"is {fmt!r}", "use hf or gguf")
     known = set(Model.__dataclass_fields__) - {"key"}
-    unknown = sorted(map(str, set(entry) - known - {"params_b"}))
+    unknown = sorted(map(str, set(entry) - known - set(EXTRA_FIELDS)))
     if unknown:
         raise InputError("invalid_field", source, f"{where}.{unknown[0]}", "is not a catalog field",
                          f"remove it; known fields: {', '.join(sorted(known))}")
-    required = _HF_FIELDS if fmt == "hf" else ("ollama_tag", "size_bytes")
+    required = _HF_FIELDS if fmt == "hf" else GGUF_FIELDS
     for name in required:
         value = entry.get(name)
         ok = isinstance(value, dict) and value if name == "weights_bytes" else (
@@ -179,8 +191,7 @@ def _model(key: str, entry, source: str) -> Model:
                              "give a positive integer (weights_bytes: {dtype: bytes}; ollama_tag: a string)")
     # every field, present or required, has its type and range (a string or negative size is a traceback
     # or a nonsense plan later)
-    for name in ("layers", "attention_heads", "kv_heads", "head_dim", "hidden_size", "intermediate_size",
-                 "vocab_size", "max_context", "size_bytes", "sliding_window"):
+    for name in POSITIVE_FIELDS:
         if entry.get(name) is not None:
             _number(entry[name], source, f"{where}.{name}", minimum=1)
     if "sliding_layers" in entry:
@@ -220,10 +231,10 @@ def _model(key: str, entry, source: str) -> Model:
     if runner not in RUNNERS:
         raise InputError("invalid_field", source, f"{where}.runner", f"is {runner!r}",
                          f"use one of: {', '.join(RUNNERS)}")
-    for name in ("ollama_tag", "base"):
+    for name in NAME_FIELDS:
         value = entry.get(name)
-        if value is not None and (not isinstance(value, str) or not value or len(value) > 256
-                                  or any(ord(c) < 33 or ord(c) == 127 for c in value)):
+        if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_NAME
+                                  or NAME_FORBIDDEN_RE.search(value)):
             raise InputError("invalid_field", source, f"{where}.{name}",
                              f"must be a name without spaces, got {value!r}",
                              "for example medgemma-4b-it:q8" if name == "ollama_tag" else "a catalog key")

@@ -14,9 +14,9 @@ from .errors import InputError
 COMMANDS = {"plan": ("plan", "cmd_plan"), "strategies": ("plan", "cmd_strategies"), "render": ("plan", "cmd_render"),
             "apply": ("apply", "cmd_apply"), "rollback": ("apply", "cmd_rollback"),
             "status": ("cluster", "cmd_status"), "diff": ("cluster", "cmd_diff"),
-            "calibrate": ("cluster", "cmd_calibrate")}
+            "calibrate": ("cluster", "cmd_calibrate"), "schema": ("plan", "cmd_schema")}
 # Commands that run no play: a short process that reads, plans and prints (BENCHMARKS.md, `gpufleet plan`)
-QUICK = frozenset({"plan", "strategies", "render"})
+QUICK = frozenset({"plan", "strategies", "render", "schema"})
 
 EPILOG = """examples:
   gpufleet plan -i inventory/production -s dedicated-node0
@@ -27,6 +27,7 @@ EPILOG = """examples:
   gpufleet status -i inventory/sandbox
   gpufleet diff -i inventory/sandbox -s sandbox-swapped
   gpufleet rollback -i inventory/sandbox
+  gpufleet schema strategy > strategy.schema.json
 
 exit codes: 0 fits (warnings allowed), 1 a play failed, 2 bad input, 3 the plan does not fit
 """
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-s", "--strategy", required=True, help="strategy name (a file STRATEGY.yml)")
     render.add_argument("-o", "--output", metavar="DIR", default=None,
                         help="folder to render into (default: ./build/render/STRATEGY)")
+    schema = commands.add_parser("schema", help="print the JSON Schema of strategy files or catalog files",
+                                 epilog="example: gpufleet schema strategy > strategy.schema.json")
+    schema.add_argument("kind", choices=("strategy", "catalog"))
     _add_cluster_commands(commands)
     return parser
 

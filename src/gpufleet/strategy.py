@@ -65,6 +65,21 @@ OLLAMA_ARGS = {"context_length": int, "num_parallel": int, "keep_alive": str, "k
 OLLAMA_KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 OLLAMA_DURATION_RE = re.compile(r"-?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)")
 SERVICE_KEYS = {"name", "model", "engine", "engine_args", "replicas", "placement", "route", "model_source"}
+# The tables below (and the ones above) are the strategy schema: the checks here read them, and
+# gpufleet.schema exports them as JSON Schema (`gpufleet schema strategy`).
+STRATEGY_KEYS = ("name", "description", "services")
+ENGINES = ("vllm", "ollama")
+REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests")
+PLACEMENT_KEYS = ("label_selector", "host", "gpus")
+ROUTE_KEYS = ("model_name",)
+# engine arguments that must be >= 1 (either engine)
+POSITIVE_ARGS = ("tensor_parallel_size", "max_model_len", "max_num_batched_tokens", "max_num_seqs",
+                 "context_length", "num_parallel")
+FLOAT_LIMIT = 1e18  # |float| below this: nan, inf, or a number no setting means
+INT_LIMIT = 2**53   # |int| below this
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # no text value may hold one (a newline, an escape)
+MODALITY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MM_LIMIT = 2**31
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ def _short(value) -> str:
 
 def _text(value, file, where, what="text"):
     """A string that may reach a command line, a unit or a config: bounded, one line, no control characters."""
-    if isinstance(value, str) and (len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+    if isinstance(value, str) and (len(value) > MAX_TEXT or CONTROL_RE.search(value)):
         _fail(file, where, f"must be one line of {what} without control characters, at most {MAX_TEXT} "
               f"characters; got {_short(value)}", "remove the newline or control character")
     return value
@@ -137,9 +152,9 @@ def _typed(value, kind, file, where):
         isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
     if not ok:
         _fail(file, where, f"must be {kind.__name__}, got {_short(value)}", f"write a {kind.__name__} value")
-    if kind is float and not -1e18 < value < 1e18:  # nan, inf, or a number no setting means
+    if kind is float and not -FLOAT_LIMIT < value < FLOAT_LIMIT:  # nan, inf, or a number no setting means
         _fail(file, where, f"must be a finite number, got {_short(value)}", "write a plain number")
-    if kind is int and not -2**53 < value < 2**53:
+    if kind is int and not -INT_LIMIT < value < INT_LIMIT:
         _fail(file, where, f"is out of range: {_short(value)}", "write a realistic integer")
     if kind is str:
         _text(value, file, where)
@@ -156,10 +171,9 @@ def _replicas(raw, file, where) -> Replicas:
     if not isinstance(raw, dict):
         _fail(file, where, f"must be a count or a mapping, got {raw!r}",
               "write replicas: 2, or replicas: {min: 1, max: 15, target_ongoing_requests: 5}")
-    unknown = sorted(map(str, set(raw) - {"min", "max", "initial", "target_ongoing_requests"}))
+    unknown = sorted(map(str, set(raw) - set(REPLICAS_KEYS)))
     if unknown:
-        _fail(file, f"{where}.{unknown[0]}", "is not a replicas key",
-              "keys: min, max, initial, target_ongoing_requests")
+        _fail(file, f"{where}.{unknown[0]}", "is not a replicas key", f"keys: {', '.join(REPLICAS_KEYS)}")
     low = _typed(raw.get("min", 1), int, file, f"{where}.min")
     high = _typed(raw.get("max"), int, file, f"{where}.max") if "max" in raw else _fail(
         file, f"{where}.max", "is required for autoscaling", "add max: N")
@@ -183,7 +197,7 @@ MM_OPTIONS = {"image": ("count", "width", "height"), "video": ("count", "num_fra
 def _mm_limits(value: dict, file, where) -> dict:
     for modality, limit in value.items():
         at = f"{where}.{modality}"
-        if not isinstance(modality, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", modality):
+        if not isinstance(modality, str) or not MODALITY_RE.fullmatch(modality):
             _fail(file, at, f"{_short(modality)} is not a modality name", "for example image, video or audio")
         if isinstance(limit, int) and not isinstance(limit, bool):
             limit = {"count": limit}
@@ -195,7 +209,7 @@ def _mm_limits(value: dict, file, where) -> dict:
                 _fail(file, f"{at}.{key}", f"is not an option vLLM 0.32 accepts for {modality}",
                       f"use: {', '.join(allowed)}")
             if isinstance(number, bool) or not isinstance(number, int) or number < (0 if key == "count" else 1) \
-                    or number > 2**31:
+                    or number > MM_LIMIT:
                 _fail(file, f"{at}.{key}", f"must be an integer >= {0 if key == 'count' else 1}, got {_short(number)}",
                       "write a plain number")
     return value
@@ -232,8 +246,7 @@ def _engine_args(raw, engine, file, where) -> dict:
     if util is not None and not 0 < util <= 1:
         _fail(file, f"{where}.gpu_memory_utilization", f"must be in (0, 1], got {util}",
               "it is the fraction of the device's TOTAL memory this instance may use")
-    for key in ("tensor_parallel_size", "max_model_len", "max_num_batched_tokens", "max_num_seqs",
-                "context_length", "num_parallel"):
+    for key in POSITIVE_ARGS:
         if key in args and args[key] < 1:
             _fail(file, f"{where}.{key}", f"must be >= 1, got {args[key]}", "use a positive integer")
     return args
@@ -257,12 +270,12 @@ def _service(raw, index, file) -> Service:
               "for example google/medgemma-27b-it")
     _text(model, file, f"{where}.model", "a catalog key")
     engine = raw.get("engine")
-    if engine not in ("vllm", "ollama"):
+    if engine not in ENGINES:
         _fail(file, f"{where}.engine", f"must be vllm or ollama, got {_short(engine)}", "set engine: vllm")
     args = _engine_args(raw.get("engine_args"), engine, file, f"{where}.engine_args")
     replicas = _replicas(raw.get("replicas", 1), file, f"{where}.replicas")
     placement = raw.get("placement") or {}
-    if not isinstance(placement, dict) or set(placement) - {"label_selector", "host", "gpus"}:
+    if not isinstance(placement, dict) or set(placement) - set(PLACEMENT_KEYS):
         _fail(file, f"{where}.placement", f"must be a mapping of label_selector, host, gpus; got {placement!r}",
               "write placement: {label_selector: {gpufleet.io/host: node-0}} or {host: node-0, gpus: [3]}")
     selector = placement.get("label_selector") or {}
@@ -297,7 +310,7 @@ def _service(raw, index, file) -> Service:
                   "add another service for another host")
     route = raw.get("route") or {}
     model_name = route.get("model_name", name) if isinstance(route, dict) else None
-    if not isinstance(model_name, str) or not model_name or set(route) - {"model_name"}:
+    if not isinstance(model_name, str) or not model_name or set(route) - set(ROUTE_KEYS):
         _fail(file, f"{where}.route", f"must be {{model_name: NAME}}, got {_short(route)}",
               "write route: {model_name: medgemma-27b}")
     if not ROUTE_RE.fullmatch(model_name):
@@ -315,9 +328,9 @@ def _service(raw, index, file) -> Service:
 def parse_strategy(data, file: str, expected_name: str | None = None) -> Strategy:
     if not isinstance(data, dict):
         _fail(file, "-", "a strategy file is a mapping with name, description and services", "see README.md")
-    unknown = sorted(map(str, set(data) - {"name", "description", "services"}))
+    unknown = sorted(map(str, set(data) - set(STRATEGY_KEYS)))
     if unknown:
-        _fail(file, unknown[0], "is not a strategy key", "keys: name, description, services")
+        _fail(file, unknown[0], "is not a strategy key", f"keys: {', '.join(STRATEGY_KEYS)}")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         _fail(file, "name", f"must be a lowercase DNS-style name (1-63 of a-z, 0-9, -), got {_short(name)}",

@@ -1,4 +1,4 @@
-"""plan, strategies, render: the planner's answer, touching no host."""
+"""plan, strategies, render, schema: the planner's answer and its input schemas, touching no host."""
 from __future__ import annotations
 
 import json
@@ -103,4 +103,12 @@ def cmd_render(args) -> int:
         return EXIT_FAILED
     for path in sorted(p for p in output.rglob("*") if p.is_file()):
         print(path)
+    return EXIT_OK
+
+
+def cmd_schema(args) -> int:
+    """The JSON Schema of a strategy or catalog file (gpufleet.schema: the validators' own tables)."""
+    from ..schema import text
+
+    sys.stdout.write(text(args.kind))
     return EXIT_OK
