@@ -132,15 +132,26 @@ class Renders:
         return report[str(folder)]
 
     def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
         self.prober.shutdown(wait=True)
-        self.pool.shutdown(wait=True)
+
+
+pytest_plugins = ["early_start"]
+_session: list[Renders] = []
+
+
+def start_early(config) -> Renders:
+    """Called by tests/early_start.py once the tests are collected: the renders and the vLLM probe
+    run in the background while the modules before this one are tested."""
+    if not _session:
+        _session.append(Renders(config._tmp_path_factory.mktemp("render")))
+        config.add_cleanup(_session[0].close)
+    return _session[0]
 
 
 @pytest.fixture(scope="session")
-def renders(tmp_path_factory):
-    session = Renders(tmp_path_factory.mktemp("render"))
-    yield session
-    session.close()
+def renders(request):
+    return start_early(request.config)
 
 
 @pytest.fixture(scope="session")

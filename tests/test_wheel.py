@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wheel")
+pytest_plugins = ["early_start"]
+_started: list[Future] = []
+
+
+def build_and_install(root: Path):
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "--no-deps", "--quiet", "-w", root / "dist", REPO], check=True)
     wheel = next((root / "dist").glob("gpufleet-*.whl"))
@@ -35,6 +38,21 @@ def installed(tmp_path_factory):
     env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
     env["GPUFLEET_CACHE"] = str(root / "cache")
     return wheel, venv, work, env
+
+
+def start_early(config) -> Future:
+    """Called by tests/early_start.py once the tests are collected: the wheel is built and installed
+    in the background while the modules before this one are tested."""
+    if not _started:
+        pool = ThreadPoolExecutor(max_workers=1)
+        _started.append(pool.submit(build_and_install, config._tmp_path_factory.mktemp("wheel")))
+        config.add_cleanup(pool.shutdown)
+    return _started[0]
+
+
+@pytest.fixture(scope="module")
+def installed(request):
+    return start_early(request.config).result()
 
 
 def run(installed, *args):
