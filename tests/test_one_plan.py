@@ -182,3 +182,9 @@ def test_a_partial_inventory_stops_the_play_too(tmp_path):
     run = play("-i", inventory, REPO / "playbooks/site.yml", "-e", "strategy=cxr-worker")
     assert run.returncode != 0 and "extra.ini" in run.stdout + run.stderr
     assert "PLAY RECAP" not in run.stdout, "a play ran on a partial inventory"
+
+
+def test_a_plan_that_does_not_fit_is_not_written(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "-i", str(REPO / "inventory/production"), "-s", "colocate-4b-util093", "--out", str(out)]) == 3
+    assert not out.exists() and f"{out} was not written" in capsys.readouterr().err

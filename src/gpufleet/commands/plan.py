@@ -44,6 +44,8 @@ def cmd_plan(args) -> int:
               + ("has invalid fields (exit 2)" if status == EXIT_BAD_INPUT
                  else f"does not fit {args.inventory} (exit 3)")
               + f": {len(data['errors'])} error(s) above", file=sys.stderr)
+        if args.out:
+            print(f"gpufleet: {args.out} was not written: only a plan that fits can be applied", file=sys.stderr)
     return status
 
 
