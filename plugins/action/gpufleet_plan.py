@@ -9,7 +9,7 @@ from ansible.plugins.action import ActionBase
 try:
     from gpufleet import api as _api
     from gpufleet.errors import Finding, InputError
-    from gpufleet.inventory import cluster_from_hostvars, planner_hostvars
+    from gpufleet.inventory import cluster_from_hostvars, inventory_source, planner_hostvars
     from gpufleet.plan_data import nodes_to_list
     from gpufleet.strategy import list_strategies
     from gpufleet.yamlfile import check_inventory
@@ -51,7 +51,7 @@ class ActionModule(ActionBase):
             }
         )
         sources = task_vars.get("ansible_inventory_sources") or ["inventory"]
-        source = _api.inventory_source(sources[0]) if len(sources) == 1 else ",".join(sources)
+        source = inventory_source(sources[0]) if len(sources) == 1 else ",".join(sources)
         groups = {name: list(hosts) for name, hosts in task_vars.get("groups", {}).items()}
         try:
             for inventory in sources:  # the same file checks as the CLI's reader (gpufleet.inventory)

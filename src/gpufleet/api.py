@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .catalog import load_catalog
 from .errors import InputError
-from .inventory import Cluster, cluster_from_hostvars, load_cluster
+from .inventory import Cluster, load_cluster
 from .planner import plan
 from .strategy import load_strategy
 
@@ -50,16 +50,6 @@ def make_plan(cluster: Cluster, strategy: str, strategies_dir: str | None = None
     data = plan(cluster, catalog, loaded).to_dict()
     data["inputs"] = _inputs(cluster, catalog.sources, str(Path(loaded.file).resolve()))
     return data
-
-
-def inventory_source(path: str) -> str:
-    """How a plan names its inventory: the absolute path, as Ansible's inventory sources do."""
-    return str(Path(path).expanduser().resolve())
-
-
-def plan_from_hostvars(groups: dict, hostvars: dict, strategy: str, strategies_dir: str | None = None,
-                       catalog_files=(), source: str = "inventory") -> dict:
-    return make_plan(cluster_from_hostvars(groups, hostvars, source), strategy, strategies_dir, catalog_files)
 
 
 def plan_from_inventory(inventory_path: str, strategy: str, strategies_dir: str | None = None,

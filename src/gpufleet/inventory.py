@@ -297,6 +297,11 @@ def read_inventory(path: str) -> tuple[dict, dict]:
                          "(ansible-inventory -i PATH --list shows the same error)") from None
 
 
+def inventory_source(path: str) -> str:
+    """How a plan names its inventory: the absolute path, as Ansible's inventory sources do."""
+    return str(Path(path).expanduser().resolve())
+
+
 def load_cluster(path: str) -> Cluster:
     groups, hostvars = read_inventory(path)
-    return cluster_from_hostvars(groups, hostvars, str(Path(path).expanduser().resolve()))
+    return cluster_from_hostvars(groups, hostvars, inventory_source(path))
