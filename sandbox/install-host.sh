@@ -5,9 +5,11 @@
 #   sudo bash sandbox/install-host.sh
 #
 # What it does:
-#   1. installs podman, runc, debootstrap and systemd (tests/test_systemd_quote.py
-#      parses units with `systemd --test`) from the Debian archive (skipped
-#      when they are already there);
+#   1. installs podman, runc, debootstrap, systemd (tests/test_systemd_quote.py
+#      parses units with `systemd --test`) and prometheus (for its promtool: the
+#      alert rules' tests and the plan textfile's check, tests/test_monitoring_*.py;
+#      no Prometheus server runs on the controller) from the Debian archive
+#      (skipped when they are already there);
 #   2. makes podman use runc and container ulimits the kernel accepts here, by
 #      setting two keys in /etc/containers/containers.conf and leaving every
 #      other setting of that file untouched:
@@ -18,7 +20,7 @@
 set -euo pipefail
 
 CONF=${GPUFLEET_CONTAINERS_CONF:-/etc/containers/containers.conf}
-PACKAGES=(podman runc debootstrap systemd)
+PACKAGES=(podman runc debootstrap systemd prometheus)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "install-host.sh: run as root (apt-get and $CONF need it)" >&2
