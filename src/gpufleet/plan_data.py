@@ -22,6 +22,7 @@ def _service(sp) -> dict:
                      "initial": min(s.replicas.initial, sp.planned_max),
                      "target_ongoing_requests": s.replicas.target_ongoing_requests,
                      "autoscaling": s.replicas.autoscaling},
+        **({"idle_unload_s": s.replicas.idle_unload_s} if s.replicas.lazy else {}),
         "max_replicas": sp.planned_max if not sp.blocked else 0,
         "kv_cache_tokens": sp.kv_cache_tokens if vllm and sp.model.runner == "generate" else None,
         "kv_cache": dict(sp.kv_cache) if vllm and sp.kv_cache else None,
@@ -32,7 +33,17 @@ def _service(sp) -> dict:
     }
 
 
+def _on_demand(device) -> dict:
+    """Only on devices that hold on-demand services: what each takes and the set counted."""
+    if not device.on_demand:
+        return {}
+    return {"on_demand": {"max_loaded": device.loaded_cap,
+                          "services": {name: round(mib) for name, mib in sorted(device.on_demand.items())},
+                          "counted": list(device.worst_loaded())}}
+
+
 def plan_to_dict(plan) -> dict:
+    cap = plan.strategy.max_loaded_models
     return {
         "strategy": plan.strategy.name,
         "description": plan.strategy.description,
@@ -45,6 +56,7 @@ def plan_to_dict(plan) -> dict:
         "gpus": [{"host": d.host, "index": d.index, "kind": d.kind, "memory_mib": d.memory_mib,
                   "planned_mib": round(d.used_mib),
                   "allocations": [{"service": a.service, "replica": a.replica, "mib": round(a.mib),
-                                   "parts": a.parts} for a in d.allocations]}
+                                   "parts": a.parts} for a in d.allocations], **_on_demand(d)}
                  for d in plan.devices],
+        **({"max_loaded_models": cap} if cap else {}),
     }

@@ -16,12 +16,13 @@ def format_table(data: dict) -> str:
     for s in data["services"]:
         r = s["replicas"]
         count = f"{r['min']}-{s['max_replicas']}" if r["autoscaling"] else str(s["max_replicas"])
+        count += "*" if "idle_unload_s" in s else ""
         kv = "-" if s["kv_cache_tokens"] is None else str(s["kv_cache_tokens"])
         lines.append(f"{s['name'][:28]:28} {s['engine']:7} {s['model'][:36]:36} {count:>9} {kv:>10}")
     lines += ["", f"{'device':26} {'total MiB':>9} {'planned':>8} {'free':>7}  split (MiB)"]
     runs = []  # consecutive devices with the same split collapse into one line
     for g in data["gpus"]:
-        signature = (g["memory_mib"], g["planned_mib"],
+        signature = (g["memory_mib"], g["planned_mib"], str(g.get("on_demand")),
                      tuple((a["service"], a["mib"], tuple(sorted(a["parts"].items()))) for a in g["allocations"]))
         if runs and runs[-1][0] == signature:
             runs[-1][2] = g
@@ -38,8 +39,17 @@ def format_table(data: dict) -> str:
                 f"{k.replace('_', ' ')} {a['parts'][k]}" for k in PART_ORDER if a["parts"].get(k)) + ")"
             for a in first["allocations"])
         over = " OVER" if first["planned_mib"] > first["memory_mib"] else ""
+        if first.get("on_demand"):
+            od = first["on_demand"]
+            split += (f"; planned: the always-loaded plus {' + '.join(od['counted'])}, the largest "
+                      + (f"{od['max_loaded']} on-demand" if od["max_loaded"] else "on-demand (no cap: all)")
+                      + " loaded together")
         lines.append(f"{name:26} {first['memory_mib']:>9} {first['planned_mib']:>8} "
                      f"{first['memory_mib'] - first['planned_mib']:>7}{over}  {split}")
+    if any("idle_unload_s" in s for s in data["services"]):
+        cap = data.get("max_loaded_models")
+        lines += ["", "* loads on its first request and unloads when idle (replicas.min 0); "
+                  + (f"at most {cap} such services loaded at once" if cap else "no cap on how many load at once")]
     for kind in ("errors", "warnings"):
         if data[kind]:
             lines += ["", kind.upper()]

@@ -41,6 +41,12 @@ class Device:
     used_mib: float = 0.0
     reserved_mib: int = 0  # what the driver keeps of a GPU (memory.total = memory_mib + reserved_mib)
     model: str | None = None  # the GPU model, or "cpu": what catalog calibration: is keyed by
+    # Services that load on demand (replicas.min 0): MiB each holds here when loaded. At most
+    # `loaded_cap` of them are loaded at once (the strategy's max_loaded_models), so the device
+    # must hold the always-loaded ones (fixed_mib) plus its largest loaded_cap on-demand ones.
+    on_demand: dict | None = None
+    fixed_mib: float = 0.0
+    loaded_cap: int | None = None
 
     @property
     def name(self) -> str:
@@ -50,9 +56,26 @@ class Device:
     def free_mib(self) -> float:
         return self.memory_mib - self.used_mib
 
-    def add(self, allocation: Allocation) -> None:
+    def add(self, allocation: Allocation, on_demand: bool = False) -> None:
         self.allocations.append(allocation)
-        self.used_mib += allocation.mib
+        if not on_demand:
+            self.fixed_mib += allocation.mib
+            self.used_mib += allocation.mib
+            return
+        self.on_demand = self.on_demand or {}
+        self.on_demand[allocation.service] = self.on_demand.get(allocation.service, 0.0) + allocation.mib
+        self.used_mib = self.fixed_mib + sum(self.worst_loaded().values())
+
+    def worst_loaded(self, extra: tuple = ()) -> dict:
+        """The on-demand services (with EXTRA = (service, mib) added) whose loading together takes the most."""
+        held = dict(self.on_demand or {})
+        if extra:
+            held[extra[0]] = held.get(extra[0], 0.0) + extra[1]
+        ranked = sorted(held.items(), key=lambda item: (-item[1], item[0]))
+        return dict(ranked[:self.loaded_cap] if self.loaded_cap else ranked)
+
+    def fits_on_demand(self, service: str, need: float) -> bool:
+        return self.fixed_mib + sum(self.worst_loaded((service, need)).values()) <= self.memory_mib + EPSILON_MIB
 
 
 @dataclass(frozen=True)
@@ -148,9 +171,11 @@ class _Planner:
                             else catalog.reserved_mib(node.gpu_model, node.gpu_memory_mib))
                 usable = int(mem.usable_mib(node.gpu_memory_mib, reserved))
                 self.devices[node.host] = [Device(node.host, i, "gpu", usable, reserved_mib=reserved,
-                                                  model=node.gpu_model) for i in range(node.gpu_count)]
+                                                  model=node.gpu_model, loaded_cap=strategy.max_loaded_models)
+                                           for i in range(node.gpu_count)]
             elif node.cpu_memory_mib:
-                self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib, model="cpu")]
+                self.devices[node.host] = [Device(node.host, 0, "cpu", node.cpu_memory_mib, model="cpu",
+                                                  loaded_cap=strategy.max_loaded_models)]
             else:
                 self.devices[node.host] = []
         self._instances: dict = {}
@@ -336,6 +361,8 @@ class _Planner:
         indices, counts = self._usable[sp.name]
         if not indices:
             return []
+        if sp.service.replicas.lazy:  # may fit beside other on-demand services whatever the free memory
+            return [self.cluster.nodes[i] for i in indices]
         nodes, max_free, class_of, classes = self.cluster.nodes, self._max_free, self._class_of, self._classes
         needs = {}
         for number in counts:
@@ -363,7 +390,10 @@ class _Planner:
     def try_place(self, sp: ServicePlan, node: Node, replica: int, force: bool = False) -> bool:
         devices = self.devices[node.host]
         need = self._allocation(sp, devices[0])[3]  # self.instance(sp, devices[0]).need
-        chosen = [d for d in devices if d.memory_mib - d.used_mib + EPSILON_MIB >= need][:sp.tp]  # d.free_mib
+        if sp.service.replicas.lazy:
+            chosen = [d for d in devices if d.fits_on_demand(sp.name, need)][:sp.tp]
+        else:
+            chosen = [d for d in devices if d.memory_mib - d.used_mib + EPSILON_MIB >= need][:sp.tp]  # d.free_mib
         if len(chosen) < sp.tp:
             if not force:
                 return False
@@ -374,7 +404,8 @@ class _Planner:
     def allocate(self, sp: ServicePlan, node: Node, replica: int, chosen: list[Device]) -> None:
         for device in chosen:
             _, parts, label, need, held = self._allocation(sp, device)
-            device.add(Allocation(sp.name, replica, need, dict(parts), sp.util, label, held))
+            device.add(Allocation(sp.name, replica, need, dict(parts), sp.util, label, held),
+                       sp.service.replicas.lazy)
         self._max_free[self._index[node.host]] = max([d.memory_mib - d.used_mib for d in self.devices[node.host]])
         sp.placements.append((replica, node.host, [d.index for d in chosen]))
 
@@ -481,7 +512,16 @@ class _Planner:
                 replica += 1
             if replica >= replicas.max:
                 break
-        if replicas.autoscaling and replica < replicas.max:
+        if replicas.lazy and replica == 0:
+            self.error("replicas_exceed_capacity",
+                       "loads on demand but no eligible device has room for one replica beside the always-loaded "
+                       "services and the largest " + (f"{self.strategy.max_loaded_models - 1} other on-demand "
+                                                      "one(s)" if self.strategy.max_loaded_models else
+                                                      "other on-demand ones (no max_loaded_models: all of them)"),
+                       "lower max_loaded_models, gpu_memory_utilization, or widen the label selector", sp.name,
+                       field=f"services[{sp.name}].replicas")
+            sp.blocked = True
+        elif replicas.autoscaling and replica < replicas.max:
             self.warn("max_replicas_clamped",
                       f"max_replicas {replicas.max} cannot be reached: the eligible nodes have room for {replica} "
                       f"replica(s) of {sp.tp} device(s) beside the other services; planned max_replicas = {replica}",

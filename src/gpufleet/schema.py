@@ -100,7 +100,10 @@ def _engine_args(engine: str) -> dict:
 def _replicas() -> dict:
     count = {"type": "integer", "minimum": 0, "maximum": st.MAX_REPLICAS}
     autoscaling = {"min": count, "max": {**count, "minimum": 1}, "initial": count,
-                   "target_ongoing_requests": {**_typed(float), "exclusiveMinimum": 0}}
+                   "target_ongoing_requests": {**_typed(float), "exclusiveMinimum": 0},
+                   "idle_unload_s": {"type": "integer", "minimum": 1, "maximum": st.MAX_IDLE_UNLOAD_S,
+                                     "description": f"with min 0: unload after this many idle seconds "
+                                                    f"(default {st.DEFAULT_IDLE_UNLOAD_S})"}}
     assert set(autoscaling) == set(st.REPLICAS_KEYS)
     return {"oneOf": [
         {"type": "integer", "minimum": 1, "maximum": st.MAX_REPLICAS, "description": "a fixed count"},
@@ -175,6 +178,8 @@ def strategy_schema() -> dict:
         "description": {"type": "string", **_refuse(st.CONTROL_RE.pattern + r"(?=[\s\S]*\S)")},
         "services": {"type": "array", "minItems": 1, "maxItems": st.MAX_SERVICES,
                      "items": {"$ref": "#/$defs/service"}},
+        "max_loaded_models": {"type": "integer", "minimum": 1, "maximum": st.MAX_SERVICES,
+                              "description": "at most this many services with replicas.min 0 loaded at once"},
     }
     assert set(properties) == set(st.STRATEGY_KEYS)
     return {

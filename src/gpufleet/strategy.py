@@ -67,9 +67,12 @@ OLLAMA_DURATION_RE = re.compile(r"-?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h
 SERVICE_KEYS = {"name", "model", "engine", "engine_args", "replicas", "placement", "route", "model_source"}
 # The tables below (and the ones above) are the strategy schema: the checks here read them, and
 # gpufleet.schema exports them as JSON Schema (`gpufleet schema strategy`).
-STRATEGY_KEYS = ("name", "description", "services")
+STRATEGY_KEYS = ("name", "description", "services", "max_loaded_models")
 ENGINES = ("vllm", "ollama")
-REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests")
+REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests", "idle_unload_s")
+# A service with replicas.min 0 loads on its first request and unloads after idle_unload_s without one.
+DEFAULT_IDLE_UNLOAD_S = 300
+MAX_IDLE_UNLOAD_S = 7 * 24 * 3600
 PLACEMENT_KEYS = ("label_selector", "host", "gpus")
 ROUTE_KEYS = ("model_name",)
 # engine arguments that must be >= 1 (either engine)
@@ -89,6 +92,11 @@ class Replicas:
     initial: int
     target_ongoing_requests: float | None
     autoscaling: bool
+    idle_unload_s: int | None = None  # set exactly when min is 0 (the service loads on demand)
+
+    @property
+    def lazy(self) -> bool:
+        return self.min == 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,8 @@ class Strategy:
     description: str
     services: tuple
     file: str
+    # at most this many services with replicas.min 0 hold their model at once (None: no cap)
+    max_loaded_models: int | None = None
 
 
 def strategies_dir(override: str | None = None) -> Path:
@@ -185,7 +195,16 @@ def _replicas(raw, file, where) -> Replicas:
     if high > MAX_REPLICAS:
         _fail(file, f"{where}.max", f"must be <= {MAX_REPLICAS}, got {high}",
               "the plan holds one entry per replica; use a realistic maximum")
-    return Replicas(low, high, initial, target, True)
+    idle = None
+    if "idle_unload_s" in raw and low > 0:
+        _fail(file, f"{where}.idle_unload_s", f"applies to services that may unload (min: 0), this one keeps {low}",
+              "set min: 0 to load on demand and unload when idle, or drop idle_unload_s")
+    if low == 0:
+        idle = _typed(raw.get("idle_unload_s", DEFAULT_IDLE_UNLOAD_S), int, file, f"{where}.idle_unload_s")
+        if not 1 <= idle <= MAX_IDLE_UNLOAD_S:
+            _fail(file, f"{where}.idle_unload_s", f"must be 1..{MAX_IDLE_UNLOAD_S} seconds, got {idle}",
+                  f"for example {DEFAULT_IDLE_UNLOAD_S}")
+    return Replicas(low, high, initial, target, True, idle)
 
 
 # vllm/config/multimodal.py:212-240 (BaseDummyOptions count >= 0; Image/Video/AudioDummyOptions, extra="forbid",
@@ -353,7 +372,21 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
         if service.name in seen:
             _fail(file, f"services[{service.name}].name", "is used twice", "service names are unique in a file")
         seen.add(service.name)
-    return Strategy(name, description.strip(), services, file)
+    cap = data.get("max_loaded_models")
+    if cap is not None:
+        cap = _typed(cap, int, file, "max_loaded_models")
+        lazy = [s for s in services if s.replicas.lazy]
+        if not lazy:
+            _fail(file, "max_loaded_models", "caps the services that load on demand (replicas.min: 0); there are none",
+                  "set replicas: {min: 0, max: 1} on the services that may unload, or drop max_loaded_models")
+        if not 1 <= cap <= MAX_SERVICES:
+            _fail(file, "max_loaded_models", f"must be 1..{MAX_SERVICES}, got {cap}", "for example 2")
+        warm = [s.name for s in lazy if s.replicas.initial > 0]
+        if len(warm) > cap:
+            _fail(file, "max_loaded_models", f"is {cap} but {len(warm)} on-demand services start loaded "
+                  f"(replicas.initial > 0: {', '.join(warm)})", f"raise max_loaded_models to {len(warm)} or set "
+                  "initial: 0 on some of them")
+    return Strategy(name, description.strip(), services, file, cap)
 
 
 def load_strategy(name: str, directory: str | None = None) -> Strategy:

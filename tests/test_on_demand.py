@@ -1,0 +1,128 @@
+"""Services that load on demand (replicas.min 0) under a cap on how many are loaded at once
+(max_loaded_models): the planner counts, per device, the always-loaded services plus the largest
+`cap` on-demand ones, and refuses what cannot be loaded even then.
+
+Hand computations: on a CPU node of 10,000 MiB a vLLM instance takes util x 10,000 MiB
+(README, "How the planner counts"), so utilisations 0.20 / 0.30 / 0.35 / 0.40 are 2,000 / 3,000 /
+3,500 / 4,000 MiB.
+"""
+from __future__ import annotations
+
+import pytest
+
+from gpufleet.catalog import load_catalog
+from gpufleet.errors import InputError
+from gpufleet.inventory import cluster_from_hostvars
+from gpufleet.planner import plan
+from gpufleet.strategy import parse_strategy
+
+CPU_MIB = 10_000
+CLUSTER = cluster_from_hostvars(
+    {"ray_head": ["head"], "ray_workers": ["w1"]},
+    {"head": {"ansible_host": "10.0.0.1", "gpufleet_gpus": {"count": 0}, "gpufleet_cpu_memory_mib": 0},
+     "w1": {"ansible_host": "10.0.0.2", "gpufleet_gpus": {"count": 0}, "gpufleet_cpu_memory_mib": CPU_MIB}})
+
+
+def service(name: str, util: float, replicas) -> dict:
+    return {"name": name, "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "engine": "vllm",
+            "engine_args": {"dtype": "bfloat16", "max_model_len": 2048, "gpu_memory_utilization": util,
+                            "enforce_eager": True},
+            "replicas": replicas, "placement": {"label_selector": {"gpufleet.io/host": "w1"}}}
+
+
+ON_DEMAND = [service("chat-a", 0.30, {"min": 0, "max": 1, "initial": 1, "idle_unload_s": 60}),
+             service("chat-b", 0.35, {"min": 0, "max": 1}),
+             service("chat-c", 0.40, {"min": 0, "max": 1})]
+ALWAYS = service("base", 0.20, 1)
+
+
+def strategy(services: list, **extra):
+    return parse_strategy({"name": "t", "services": services, **extra}, "t.yml")
+
+
+def planned(services: list, **extra) -> dict:
+    return plan(CLUSTER, load_catalog(), strategy(services, **extra)).to_dict()
+
+
+def worker(data: dict) -> dict:
+    return next(g for g in data["gpus"] if g["host"] == "w1")
+
+
+def test_the_cap_counts_the_largest_on_demand_services_beside_the_always_loaded():
+    data = planned([ALWAYS, *ON_DEMAND], max_loaded_models=2)
+    assert data["feasible"], data["errors"]
+    device = worker(data)
+    assert device["planned_mib"] == 2000 + 4000 + 3500
+    assert device["on_demand"] == {"max_loaded": 2, "services": {"chat-a": 3000, "chat-b": 3500, "chat-c": 4000},
+                                   "counted": ["chat-c", "chat-b"]}
+    assert [a["mib"] for a in device["allocations"]] == [2000, 3000, 3500, 4000]  # every one is placed
+    assert data["max_loaded_models"] == 2
+    replicas = {s["name"]: (s["replicas"], s.get("idle_unload_s")) for s in data["services"]}
+    assert replicas["chat-a"][1] == 60 and replicas["chat-b"][1] == 300  # the default
+    assert replicas["chat-a"][0]["initial"] == 1 and replicas["chat-b"][0]["initial"] == 0
+    assert "idle_unload_s" not in next(s for s in data["services"] if s["name"] == "base")
+
+
+def test_without_a_cap_every_on_demand_service_counts():
+    data = planned([ALWAYS, *ON_DEMAND])
+    assert not data["feasible"]
+    (error,) = data["errors"]  # 2000 + 3000 + 3500 placed; chat-c's 4000 more would make 12500
+    assert (error["code"], error["service"]) == ("replicas_exceed_capacity", "chat-c")
+    assert "other on-demand ones (no max_loaded_models: all of them)" in error["message"]
+    assert worker(data)["planned_mib"] == 8500 and "max_loaded_models" not in data
+
+
+def test_cap_of_one():
+    data = planned([ALWAYS, *ON_DEMAND], max_loaded_models=1)
+    assert data["feasible"] and worker(data)["planned_mib"] == 2000 + 4000
+
+
+def test_an_on_demand_service_with_no_room_even_alone_is_refused():
+    big = service("big", 0.85, {"min": 0, "max": 1})
+    data = planned([ALWAYS, big], max_loaded_models=1)  # 2000 + 8500 > 10000
+    codes = {(e["code"], e["service"]) for e in data["errors"]}
+    assert codes == {("replicas_exceed_capacity", "big")}
+    assert "largest 0 other on-demand" in data["errors"][0]["message"]
+
+
+def test_always_loaded_services_are_placed_first_and_count_whole():
+    # required replicas are placed before on-demand ones, whatever the order in the file
+    data = planned([*ON_DEMAND, service("late", 0.30, 1)], max_loaded_models=2)
+    assert {(e["code"], e["service"]) for e in data["errors"]} == {("replicas_exceed_capacity", "chat-c")}
+    assert worker(data)["planned_mib"] == 3000 + 3500 + 3000  # chat-c would make it 3000 + 4000 + 3500
+
+
+def test_on_demand_services_are_refused_rather_than_overcommit_a_device():
+    # always-loaded replicas are placed first; an on-demand one goes only where the worst case still fits
+    data = planned([*ON_DEMAND, service("late", 0.75, 1)], max_loaded_models=1)
+    overcommit = [e for e in data["errors"] if e["code"] == "utilization_overcommit"]
+    assert not overcommit  # placed first: 7500 + the largest on-demand that fits (chat-a 3000 does not: 10500)
+    assert {e["service"] for e in data["errors"]} == {"chat-a", "chat-b", "chat-c"}
+
+
+def test_table_says_what_was_counted(capsys):
+    from gpufleet.plan_table import format_table
+
+    text = format_table(planned([ALWAYS, *ON_DEMAND], max_loaded_models=2))
+    assert "chat-b                       vllm" in text and "0-1*" in text
+    assert "the always-loaded plus chat-c + chat-b, the largest 2 on-demand loaded together" in text
+    assert "at most 2 such services loaded at once" in text
+
+
+@pytest.mark.parametrize("services, extra, field, words", [
+    ([service("a", 0.3, {"min": 1, "max": 2, "idle_unload_s": 60})], {}, "services[a].replicas.idle_unload_s",
+     "applies to services that may unload"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": 0})], {}, "services[a].replicas.idle_unload_s",
+     "must be 1..604800"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": "5m"})], {}, "services[a].replicas.idle_unload_s",
+     "must be int"),
+    ([ALWAYS], {"max_loaded_models": 1}, "max_loaded_models", "there are none"),
+    (ON_DEMAND, {"max_loaded_models": 0}, "max_loaded_models", "must be 1..1000"),
+    (ON_DEMAND, {"max_loaded_models": True}, "max_loaded_models", "must be int"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "initial": 1}), service("b", 0.3, {"min": 0, "max": 1, "initial": 1})],
+     {"max_loaded_models": 1}, "max_loaded_models", "2 on-demand services start loaded (replicas.initial > 0: a, b)"),
+])
+def test_bad_on_demand_settings_are_refused(services, extra, field, words):
+    with pytest.raises(InputError) as caught:
+        strategy(services, **extra)
+    assert caught.value.field == field and words in caught.value.message, caught.value
