@@ -4,7 +4,8 @@
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000/v1 --chat-model chat --mix chat=3,stream=1
 
 Bounded: at most --duration seconds (600 at most) and --max-requests requests; the client never
-retries. Targets are limited to loopback and the sandbox's own network (playbooks/sandbox_up.yml):
+retries. SIGINT or SIGTERM ends a run early (the requests in flight finish, the summary is written).
+Targets are limited to loopback and the sandbox's own network (playbooks/sandbox_up.yml):
 anything else is refused before a request is sent. Prints requests, failures by cause, p50/p99
 latency (and time to first token for streams) and the longest stall: the longest time in which no
 request completed successfully. --json writes every request's outcome and latency.
@@ -16,9 +17,11 @@ import asyncio
 import ipaddress
 import json
 import math
+import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +113,8 @@ async def one_request(client, kind: str, models: dict, max_tokens: int, t0: floa
 
 
 async def run(url: str, api_key: str, models: dict, mix: list[str], concurrency: int, duration: float,
-              max_requests: int, timeout: float, max_tokens: int) -> tuple[list[Outcome], float]:
+              max_requests: int, timeout: float, max_tokens: int,
+              stop: threading.Event | None = None) -> tuple[list[Outcome], float]:
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=url, api_key=api_key, timeout=timeout, max_retries=0)
@@ -122,7 +126,7 @@ async def run(url: str, api_key: str, models: dict, mix: list[str], concurrency:
     async def worker(index: int) -> None:
         nonlocal issued
         step = index  # clients start at different points of the mix
-        while time.monotonic() < deadline and issued < max_requests:
+        while time.monotonic() < deadline and issued < max_requests and not (stop and stop.is_set()):
             issued += 1
             kind = mix[step % len(mix)]
             step += 1
@@ -186,6 +190,35 @@ def print_summary(summary: dict, out=None) -> None:
               f"p50 {_fmt(row['p50_s'])} p99 {_fmt(row['p99_s'])}{ttft}", file=out)
 
 
+class Background:
+    """The load in a thread while something else runs (the sandbox tests): `with Background(...) as
+    load: ...`; on exit the clients finish the requests they hold and `load.summary` is set. Bounded
+    like the command: MAX_DURATION_S at most, and the same target check."""
+
+    def __init__(self, url: str, models: dict, mix: str = "chat=1", concurrency: int = 2, timeout: float = 60.0,
+                 max_tokens: int = 8, api_key: str = "none", duration: float = MAX_DURATION_S):
+        check_target(url)
+        self.args = (url, api_key, models, parse_mix(mix), concurrency, min(duration, MAX_DURATION_S), 100_000,
+                     timeout, max_tokens)
+        self.stop = threading.Event()
+        self.outcomes: list[Outcome] = []
+        self.elapsed = 0.0
+        self.summary: dict = {}
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.outcomes, self.elapsed = asyncio.run(run(*self.args, stop=self.stop))
+
+    def __enter__(self) -> Background:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.summary = summarize(self.outcomes, self.elapsed)
+
+
 def models_from_plan(inventory: str, strategy: str) -> tuple[str, dict]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from gpufleet.api import plan_from_inventory
@@ -226,8 +259,12 @@ def main(argv=None) -> int:
         parser.error(f"bounds: 0 < --duration <= {MAX_DURATION_S}, 0 < --concurrency <= 64, --max-requests >= 1")
     check_target(url)
 
+    # SIGINT/SIGTERM end the run early: no new request, those in flight finish, the summary is written.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     outcomes, elapsed = asyncio.run(run(url, args.api_key, models, mix, args.concurrency, args.duration,
-                                        args.max_requests, args.timeout, args.max_tokens))
+                                        args.max_requests, args.timeout, args.max_tokens, stop=stop))
     summary = summarize(outcomes, elapsed)
     print(f"load: {url} models {models} mix {args.mix} concurrency {args.concurrency}")
     print_summary(summary)

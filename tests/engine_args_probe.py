@@ -35,7 +35,7 @@ def probe(serve_dirs: list) -> dict:
         config = yaml.safe_load((Path(folder) / "serve_config.yaml").read_text())
         services = report.setdefault(str(folder), {})
         for app in config["applications"]:
-            for raw in app["args"]["llm_configs"]:
+            for raw in [app["args"]["llm_config"]] if "llm_config" in (app.get("args") or {}) else []:
                 kwargs = _normalize_vllm_engine_kwargs(LLMConfig(**raw).get_engine_config().get_initialization_kwargs())
                 args = AsyncEngineArgs(**kwargs)
                 services[raw["deployment_config"]["name"]] = {

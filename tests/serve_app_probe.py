@@ -30,44 +30,52 @@ def probe(serve_dir: Path) -> dict:
     sys.modules["gpufleet_serve_app"] = module
     spec.loader.exec_module(module)
 
-    app_config = config["applications"][0]
-    app = module.build_app(app_config["args"])
-    built = build_app(app, name=app_config["name"], default_runtime_env={})
-    built.validate_single_fastapi_ingress()
-    infos = {}
-    for deployment in built.deployments:
-        deployment_config = deployment._deployment_config
-        deployment_config.version = "probe"
-        ingress = deployment.name == built.ingress_deployment_name
-        infos[deployment._name] = deploy_args_to_deployment_info(
-            deployment_name=deployment._name,
-            deployment_config_proto_bytes=deployment_config.to_proto_bytes(),
-            replica_config_proto_bytes=deployment._replica_config.to_proto_bytes(),
-            deployer_job_id="probe", app_name=app_config["name"], ingress=ingress,
-            route_prefix="/" if ingress else None)
-    effective = override_deployment_info(infos, ServeApplicationSchema.model_validate(app_config))
-
-    report = {"ingress": built.ingress_deployment_name, "deployments": {}, "engine_env": {}}
-    for name, info in effective.items():
-        scaling = info.deployment_config.autoscaling_config
-        replica = info.replica_config
-        report["deployments"][name] = {
-            "num_replicas": info.deployment_config.num_replicas,
-            "autoscaling": None if scaling is None else {
-                "min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
-                "initial_replicas": scaling.initial_replicas,
-                "target_ongoing_requests": scaling.target_ongoing_requests},
-            "placement_group_bundles": replica.placement_group_bundles,
-            "placement_group_strategy": replica.placement_group_strategy,
-            "placement_group_bundle_label_selector": replica.placement_group_bundle_label_selector,
-            "label_selector": replica.ray_actor_options.get("label_selector"),
-            "accelerator_type": replica.ray_actor_options.get("accelerator_type"),
-            "num_cpus": replica.ray_actor_options.get("num_cpus"),
-        }
-    for raw in app_config["args"]["llm_configs"]:
-        engine = LLMConfig(**raw).get_engine_config()
-        report["engine_env"][raw["deployment_config"]["name"]] = \
-            engine.get_runtime_env_with_local_env_vars().get("env_vars", {})
+    report = {"ingress": None, "apps": {}, "deployments": {}, "engine_env": {}}
+    for app_config in config["applications"]:
+        builder = getattr(module, app_config["import_path"].split(":", 1)[1])
+        built = build_app(builder(app_config["args"]), name=app_config["name"], default_runtime_env={})
+        route_prefix = app_config.get("route_prefix")
+        if route_prefix:
+            built.validate_single_fastapi_ingress()
+            report["ingress"] = built.ingress_deployment_name
+        infos = {}
+        for deployment in built.deployments:
+            deployment_config = deployment._deployment_config
+            deployment_config.version = "probe"
+            ingress = deployment.name == built.ingress_deployment_name
+            infos[deployment._name] = deploy_args_to_deployment_info(
+                deployment_name=deployment._name,
+                deployment_config_proto_bytes=deployment_config.to_proto_bytes(),
+                replica_config_proto_bytes=deployment._replica_config.to_proto_bytes(),
+                deployer_job_id="probe", app_name=app_config["name"], ingress=ingress,
+                route_prefix=route_prefix if ingress else None)
+        effective = override_deployment_info(infos, ServeApplicationSchema.model_validate(app_config))
+        report["apps"][app_config["name"]] = sorted(effective)
+        for name, info in effective.items():
+            scaling = info.deployment_config.autoscaling_config
+            replica = info.replica_config
+            report["deployments"][name] = {
+                "app": app_config["name"],
+                "num_replicas": info.deployment_config.num_replicas,
+                "autoscaling": None if scaling is None else {
+                    "min_replicas": scaling.min_replicas, "max_replicas": scaling.max_replicas,
+                    "initial_replicas": scaling.initial_replicas,
+                    "target_ongoing_requests": scaling.target_ongoing_requests},
+                "placement_group_bundles": replica.placement_group_bundles,
+                "placement_group_strategy": replica.placement_group_strategy,
+                "placement_group_bundle_label_selector": replica.placement_group_bundle_label_selector,
+                "label_selector": replica.ray_actor_options.get("label_selector"),
+                "accelerator_type": replica.ray_actor_options.get("accelerator_type"),
+                "num_cpus": replica.ray_actor_options.get("num_cpus"),
+                "user_config": info.deployment_config.user_config,
+                "graceful_shutdown_timeout_s": info.deployment_config.graceful_shutdown_timeout_s,
+            }
+    for app_config in config["applications"]:
+        raw = (app_config.get("args") or {}).get("llm_config")
+        if raw:
+            engine = LLMConfig(**raw).get_engine_config()
+            report["engine_env"][raw["deployment_config"]["name"]] = \
+                engine.get_runtime_env_with_local_env_vars().get("env_vars", {})
     report["endpoints"] = endpoints(module)
     report["bearer"] = bearer_checks(module)
     return report

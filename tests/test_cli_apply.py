@@ -11,6 +11,7 @@ site.yml is missing.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -20,6 +21,7 @@ import pytest
 
 from gpufleet import record
 from gpufleet.cli import main
+from gpufleet.serve_config import llm_deployments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,8 +210,20 @@ def test_rollback_without_history_is_bad_input(env, capsys):
 
 
 
+def sandbox_load():
+    """Two clients sending chat, streaming and embeddings through the sandbox endpoint (bench/load.py)."""
+    spec = importlib.util.spec_from_file_location("load", Path(__file__).resolve().parents[1] / "bench/load.py")
+    load = importlib.util.module_from_spec(spec)
+    sys.modules["load"] = load  # dataclasses look their module up
+    spec.loader.exec_module(load)
+    return load.Background("http://10.89.0.10:8000/v1", {"chat": "smollm2", "embed": "minilm"},
+                           mix="chat=2,stream=1,embed=1", concurrency=2)
+
+
 @pytest.mark.sandbox
 def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
+    """apply, status, diff, then the switch to sandbox-swapped and the rollback to sandbox, each under
+    load (two clients): the transition is make-before-break (gpufleet.transition), so no request fails."""
     assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0, capsys.readouterr()
     out = capsys.readouterr().out
     assert "applied: strategy sandbox" in out and "endpoint: http://10.89.0.10:8000/v1" in out
@@ -219,27 +233,36 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
     assert status["applied"]["strategy"] == "sandbox"
     alive = {n["labels"].get("gpufleet.io/host") for n in status["nodes"] if n["state"] == "ALIVE"}
     assert alive == {"sandbox-head", "sandbox-worker-1", "sandbox-worker-2"}
-    deployments = status["applications"]["gpufleet"]["deployments"]
-    assert {r["host"] for r in deployments["LLMServer:chat"]["replicas"]} == {"sandbox-worker-1"}
-    assert {r["host"] for r in deployments["LLMServer:embed"]["replicas"]} == {"sandbox-worker-2"}
+    deployments = {name: dep for name, (_, dep) in llm_deployments(status["applications"]).items()}
+    assert {r["host"] for r in deployments["chat"]["replicas"]} == {"sandbox-worker-1"}
+    assert {r["host"] for r in deployments["embed"]["replicas"]} == {"sandbox-worker-2"}
     assert status["drift"] == []
 
     assert main(["diff", "-i", sandbox, "-s", "sandbox-swapped"]) == 0
     out = capsys.readouterr().out
     assert "applied record: head" in out and "sandbox -> sandbox-swapped: changes" in out
     assert "chat" in out and "moved" in out
+    assert "transition: hitless" in out, out
 
-    assert main(["apply", "-i", sandbox, "-s", "sandbox-swapped", "--yes"]) == 0
-    capsys.readouterr()
+    with sandbox_load() as switch:
+        assert main(["apply", "-i", sandbox, "-s", "sandbox-swapped", "--yes"]) == 0
+    print(capsys.readouterr().out[-3000:])
+    print("sandbox -> sandbox-swapped under load:", {k: switch.summary[k] for k in (
+        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")})
+    assert switch.summary["requests"] > 20 and switch.summary["failed"] == 0, switch.summary
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    deployments = status["applications"]["gpufleet"]["deployments"]
-    assert {r["host"] for r in deployments["LLMServer:chat"]["replicas"]} == {"sandbox-worker-2"}
+    deployments = {name: dep for name, (_, dep) in llm_deployments(status["applications"]).items()}
+    assert {r["host"] for r in deployments["chat"]["replicas"]} == {"sandbox-worker-2"}
     assert status["drift"] == []
 
-    assert main(["rollback", "-i", sandbox, "--yes"]) == 0
+    with sandbox_load() as back:
+        assert main(["rollback", "-i", sandbox, "--yes"]) == 0
     out = capsys.readouterr().out
+    print("sandbox-swapped -> sandbox under load:", {k: back.summary[k] for k in (
+        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")})
     assert "rolling back to strategy sandbox" in out
+    assert back.summary["requests"] > 20 and back.summary["failed"] == 0, back.summary
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["applied"]["strategy"] == "sandbox" and status["drift"] == []

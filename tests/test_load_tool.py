@@ -80,3 +80,16 @@ def test_load_on_the_sandbox_endpoint(sandbox, tmp_path, capsys):
     kinds = {r["kind"] for r in data["requests"]}
     assert kinds == {"chat", "stream", "embed"} and data["summary"]["requests"] >= 6
     assert all(r["ttft_s"] for r in data["requests"] if r["kind"] == "stream")
+
+
+def test_background_load_stops_when_asked():
+    """The load the sandbox tests run beside a switch: a thread, stopped on exit, every request counted."""
+    import time
+
+    with load.Background("http://127.0.0.1:9/v1", {"chat": "chat"}, mix="chat=1", concurrency=2) as run:
+        time.sleep(1.0)
+    assert run.summary["requests"] == len(run.outcomes) > 0
+    assert run.summary["failures_by_cause"] == {"connection": run.summary["requests"]}
+    assert run.elapsed < 10
+    with pytest.raises(SystemExit, match="refusing"):
+        load.Background("http://8.8.8.8/v1", {"chat": "chat"})

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "src"))
 from test_engine_args import planner_reads, vllm_field_names  # noqa: E402
 from test_systemd_quote import systemd_parse  # noqa: E402
 
-from gpufleet import api, ollama_unit  # noqa: E402
+from gpufleet import api, ollama_unit, serve_config  # noqa: E402
 from gpufleet import engine_args as planned_args  # noqa: E402
 from gpufleet.catalog import load_catalog  # noqa: E402
 from gpufleet.engine_args import MODEL_CONTEXT, EngineConstant  # noqa: E402
@@ -81,8 +81,11 @@ class Rendered:
     def config(self) -> dict:
         return yaml.safe_load((self.dir / "serve/serve_config.yaml").read_text())
 
-    def app_args(self) -> dict:
-        return self.config()["applications"][0]["args"]
+    def llm_configs(self) -> list:
+        return serve_config.llm_configs(self.config())
+
+    def router(self) -> dict:
+        return next(a for a in self.config()["applications"] if a["name"] == serve_config.APP_NAME)
 
 
 # The strategies whose Serve application the vLLM probe builds come first, so that the probe
@@ -206,12 +209,21 @@ def test_app_builds_with_config_overrides(renders, rendered, strategy):
     report = probe(renders, r)
     deployments = report["deployments"]
     assert report["ingress"] == "GpufleetIngress"
-    overrides = {d["name"] for d in config["applications"][0]["deployments"]}
-    assert overrides <= set(deployments)
+    # one application per service, each with its LLMServer deployment only, and the router
     vllm = [s for s in r.plan["services"] if s["engine"] == "vllm"]
+    assert len(config["applications"]) == len(vllm) + 1
+    for app in config["applications"]:
+        assert {d["name"] for d in app["deployments"]} == set(report["apps"][app["name"]])
+    assert report["apps"][serve_config.APP_NAME] == ["GpufleetIngress"]
     assert len(deployments) == len(vllm) + 1
+    routes = deployments["GpufleetIngress"]["user_config"]["models"]
     for service in vllm:
         got = deployments[f"LLMServer:{service['name']}"]
+        assert report["apps"][got["app"]] == [f"LLMServer:{service['name']}"]
+        assert serve_config.service_of_app(got["app"]) == service["name"]
+        assert {"app": got["app"], "deployment": f"LLMServer:{service['name']}"}.items() <= next(
+            m for m in routes[service["route"]["model_name"]] if m["app"] == got["app"]).items()
+        assert got["graceful_shutdown_timeout_s"] == serve_config.DEFAULTS["drain_timeout_s"]
         assert got["placement_group_strategy"] == "STRICT_PACK"
         assert len(got["placement_group_bundles"]) == len(service["ray"]["bundles"])
         for bundle, planned in zip(got["placement_group_bundles"], service["ray"]["bundles"], strict=True):
@@ -233,23 +245,28 @@ def test_app_builds_with_config_overrides(renders, rendered, strategy):
 def test_dedicated_node0_placement(rendered):
     r = rendered("dedicated-node0")
     assert_feasible(r)
-    app = r.config()["applications"][0]
-    llm = {c["deployment_config"]["name"]: c for c in app["args"]["llm_configs"]}
+    config = r.config()
+    llm = {c["deployment_config"]["name"]: c for c in serve_config.llm_configs(config)}
     node0, pool = llm["medgemma-27b-node0"], llm["medgemma-27b"]
     assert node0["placement_group_config"] == {"bundles": [{"GPU": 1.0}] * 4, "strategy": "STRICT_PACK"}
     assert node0["deployment_config"]["placement_group_bundle_label_selector"] == [{"gpufleet.io/host": "node-0"}] * 4
     assert pool["deployment_config"]["placement_group_bundle_label_selector"] == [{"gpufleet.io/host": "!node-0"}] * 4
     assert node0["engine_kwargs"]["tensor_parallel_size"] == 4
     assert "accelerator_type" not in node0 and "accelerator_type" not in pool
-    # One model name, two deployments: the router splits by planned capacity.
+    # One model name, two deployments (two applications): the router splits by planned capacity.
     assert node0["model_loading_config"]["model_id"] == pool["model_loading_config"]["model_id"] == "medgemma-27b"
-    assert app["args"]["capacity"] == {"medgemma-27b-node0": 1, "medgemma-27b": 15}
-    overrides = {d["name"]: d for d in app["deployments"]}
+    router = r.router()
+    members = router["deployments"][0]["user_config"]["models"]["medgemma-27b"]
+    assert {m["deployment"]: m["weight"] for m in members} == {
+        "LLMServer:medgemma-27b-node0": 1, "LLMServer:medgemma-27b": 15}
+    overrides = {d["name"]: d for app in config["applications"] for d in app["deployments"]}
     assert overrides["LLMServer:medgemma-27b-node0"] == {
-        "name": "LLMServer:medgemma-27b-node0", "num_replicas": 1, "autoscaling_config": None}
+        "name": "LLMServer:medgemma-27b-node0", "num_replicas": 1, "autoscaling_config": None,
+        "graceful_shutdown_timeout_s": 120.0}
     assert overrides["LLMServer:medgemma-27b"]["autoscaling_config"] == {
         "min_replicas": 1, "max_replicas": 15, "initial_replicas": 1, "target_ongoing_requests": 5.0}
     assert overrides["GpufleetIngress"]["ray_actor_options"]["label_selector"] == {"gpufleet.io/group": "head"}
+    assert router["args"] == {"api_key_sha256": None} and router["route_prefix"] == "/"
 
 
 def test_colocate_4b_util090_is_refused_before_rendering(rendered):
@@ -273,7 +290,7 @@ def test_fractional_bundles_reach_vllm(renders, rendered):
     turns them into VLLM_RAY_PER_WORKER_GPUS for the engine workers."""
     r = rendered("ollama-sidecar-spread")
     assert_feasible(r)
-    llm = {c["deployment_config"]["name"]: c for c in r.app_args()["llm_configs"]}
+    llm = {c["deployment_config"]["name"]: c for c in r.llm_configs()}
     bundles = llm["medgemma-27b-node0"]["placement_group_config"]["bundles"]
     share = bundles[0]["GPU"]
     assert 0 < share < 1 and all(b == {"GPU": share} for b in bundles)
@@ -429,8 +446,7 @@ def assert_planned_args_rendered(plan: dict, render_dir: Path, strategy_file: Pa
     kwargs = {}
     if (render_dir / "serve/serve_config.yaml").is_file():
         config = yaml.safe_load((render_dir / "serve/serve_config.yaml").read_text())
-        kwargs = {c["deployment_config"]["name"]: c["engine_kwargs"]
-                  for app in config["applications"] for c in app["args"]["llm_configs"]}
+        kwargs = {c["deployment_config"]["name"]: c["engine_kwargs"] for c in serve_config.llm_configs(config)}
     checked = 0
     for service in plan["services"]:
         expected = expected_engine_args(service, strategy_file, reads)

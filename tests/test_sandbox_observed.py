@@ -22,6 +22,7 @@ import yaml
 
 from gpufleet.api import plan_from_inventory
 from gpufleet.cli import main
+from gpufleet.serve_config import llm_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD = "sandbox-head"
@@ -132,10 +133,10 @@ def wait_running(timeout=600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = head(SERVE_CLI, "status", "--address", DASHBOARD, check=False).stdout
-        app = (yaml.safe_load(out) or {}).get("applications", {}).get("gpufleet", {}) if out.strip() else {}
-        deployments = app.get("deployments") or {}
-        if app.get("status") == "RUNNING" and deployments and all(
-                d.get("status") == "HEALTHY" for d in deployments.values()):
+        apps = (yaml.safe_load(out) or {}).get("applications", {}) if out.strip() else {}
+        deployments = [d for a in apps.values() for d in (a.get("deployments") or {}).values()]
+        if apps and all(a.get("status") == "RUNNING" for a in apps.values()) and deployments and all(
+                d.get("status") == "HEALTHY" for d in deployments):
             return
         time.sleep(5)
     raise AssertionError(f"Serve did not become RUNNING: {out[-2000:]}")
@@ -148,8 +149,7 @@ def test_engine_changed_behind_gpufleets_back_is_drift(converged, capsys, tmp_pa
     the plan's KV bytes as kv_cache_memory_bytes: the engine's cache is the plan's again."""
     original = head("cat", SERVE_CONFIG).stdout
     config = yaml.safe_load(original)
-    chat = next(c for c in config["applications"][0]["args"]["llm_configs"]
-                if c["deployment_config"]["name"] == "chat")
+    chat = next(c for c in llm_configs(config) if c["deployment_config"]["name"] == "chat")
     assert chat["engine_kwargs"]["gpu_memory_utilization"] == 0.3
     chat["engine_kwargs"]["gpu_memory_utilization"] = 0.25
     edited = "/tmp/gpufleet-test-edited-serve-config.yaml"

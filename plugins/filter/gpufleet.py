@@ -9,6 +9,7 @@ from ansible.errors import AnsibleFilterError
 from gpufleet import nvidia_smi as _nvidia_smi
 from gpufleet import ollama_unit as _ollama_unit
 from gpufleet import serve_config as _serve_config
+from gpufleet import transition as _transition
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Words that systemd reads back unchanged without quotes (no quote, backslash, space, specifier
@@ -86,6 +87,31 @@ def serve_config(plan: dict, options: dict | None = None) -> dict:
     """Serve declarative config for the plan (gpufleet.serve_config.build_serve_config)."""
     try:
         return _serve_config.build_serve_config(plan, options)
+    except _serve_config.ServeConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def serve_transition(plan: dict, record_text: str = "", last_good_text: str = "", status_text: str = "",
+                     options: dict | None = None) -> dict:
+    """The steps from what runs to the plan (gpufleet.transition.plan_transition): the applied record
+    (applied.json on the head), the last good Serve config and `serve status` as read on the head."""
+    import json
+
+    import yaml
+
+    def loaded(text, load):
+        try:
+            value = load(text) if text and str(text).strip() else None
+        except (ValueError, yaml.YAMLError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    record = loaded(record_text, json.loads) or {}
+    deployed = loaded(last_good_text, yaml.safe_load)
+    status = loaded(status_text, yaml.safe_load)
+    running = list((status or {}).get("applications") or {}) if status is not None else None
+    try:
+        return _transition.plan_transition(record.get("plan"), plan, options, deployed=deployed, running=running)
     except _serve_config.ServeConfigError as exc:
         raise AnsibleFilterError(str(exc)) from None
 
@@ -178,6 +204,7 @@ class FilterModule:
             "gpufleet_nvidia_smi": nvidia_smi,
             "gpufleet_ollama_units": ollama_units,
             "gpufleet_serve_health": serve_health,
+            "gpufleet_serve_transition": serve_transition,
             "gpufleet_systemd_quote": systemd_quote,
             "gpufleet_systemd_executable": systemd_executable,
             "gpufleet_systemd_environment": systemd_environment,

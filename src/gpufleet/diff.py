@@ -1,4 +1,6 @@
-"""One plan against another: services added, removed, moved or resized, and memory per GPU before and after.
+"""One plan against another: services added, removed, moved or resized, memory per GPU before and
+after, and the transition the serve role carries out between them (gpufleet.transition): its steps,
+whether it is hitless and, where not, which model loses capacity.
 
 Pure: takes two plans (docs/CONTRACTS.md shape, `before` may be None for "nothing applied") and
 returns data; `format_diff` renders it for people.
@@ -118,7 +120,21 @@ def diff_plans(before: dict | None, after: dict) -> dict:
     changed = any(s["change"] != "unchanged" for s in services) or any(
         g["before"] != g["after"] for g in gpus)
     return {"before": before.get("strategy"), "after": after.get("strategy"), "changed": changed,
-            "services": services, "gpus": gpus}
+            "services": services, "gpus": gpus, "transition": _transition(before, after) if changed else None}
+
+
+def _transition(before: dict, after: dict) -> dict | None:
+    """The serve role's steps between the plans, without their Serve configs (None: not feasible)."""
+    from . import transition
+
+    if not after.get("feasible") or not before.get("services") and not after.get("services"):
+        return None
+    try:
+        data = transition.plan_transition(before if before.get("strategy") else None, after)
+    except ValueError:  # a plan the Serve config cannot be built from (gpufleet.serve_config refuses it)
+        return None
+    return {"hitless": data["hitless"], "losses": data["losses"],
+            "steps": [{"kind": s["kind"], "summary": s["summary"]} for s in data["steps"]]}
 
 
 def format_diff(data: dict, only_changed_gpus: bool = True) -> str:
@@ -151,4 +167,8 @@ def format_diff(data: dict, only_changed_gpus: bool = True) -> str:
             over = " OVER" if g["memory_mib"] and g["after_mib"] > g["memory_mib"] else ""
             lines.append(f"  {name:30} {g['memory_mib'] or 0:>7} {g['before_mib']:>7} {g['after_mib']:>7}"
                          f"  {split}{'' if not delta else f'  ({delta:+d})'}{over}")
+    if data.get("transition"):
+        from .transition import format_transition
+
+        lines += ["", format_transition(data["transition"])]
     return "\n".join(lines)

@@ -1,16 +1,25 @@
-"""The plan's vLLM services as one Ray Serve declarative config (the file `serve deploy` reads).
+"""The plan's vLLM services as a Ray Serve declarative config (the file `serve deploy` reads).
 
-One application (`templates/gpufleet_serve_app.py.j2`, built on `ray.serve.llm`) serves every
-vLLM service of the plan behind a single OpenAI-compatible endpoint that routes by the request's
-`model`; services that share a model name (a dedicated replica beside an autoscaled pool) share
-its requests in proportion to their planned replica maximum (`args.capacity`). The config splits
-each service in two on purpose:
+Every vLLM service is an application of its own (`gpufleet.<service>.<digest>`, built by
+`build_model` in `templates/gpufleet_serve_app.py.j2` on `ray.serve.llm`: one LLMServer
+deployment, no HTTP route), and one router application (`gpufleet`, `build_router`, the
+OpenAI-compatible endpoint on route `/`) reaches them with `serve.get_deployment_handle`. So a
+strategy switch rebuilds only the services that changed: Serve rebuilds an application when its
+code version changes (`deploy_utils.get_app_code_version`: a hash of import_path, runtime_env and
+args) and leaves the other applications alone (`application_state.py`, `apply_app_config`).
 
-- `args.llm_configs` (code): model, engine arguments, placement-group bundles and label
-  selectors. Serve hashes `args` into the application's code version, so changing any of these
-  rebuilds the application and restarts its replicas, as a new placement requires anyway.
-- `deployments` (overrides): replica counts and autoscaling bounds. Serve applies these in
-  place, without restarting replicas (a strategy that only changes bounds rescales live).
+- A service application's `args.llm_config` (code): model, engine arguments, placement-group
+  bundles and label selectors. Its name ends with a digest of exactly what Serve hashes into its
+  code version, so one name is one build: a changed service is a new application that can start
+  beside the old one (make-before-break, gpufleet.transition), and an unchanged one keeps its name.
+- Its `deployments` overrides (scale): replica counts and autoscaling bounds, and the drain time
+  on removal (`graceful_shutdown_timeout_s`). Serve applies these in place.
+- The router's routing table is its deployment's `user_config` (model name -> the applications and
+  deployments serving it, with their planned replica maximum as weight; services sharing a model
+  name split its requests in proportion). Serve applies a new `user_config` by calling the running
+  router's `reconfigure` (`_private/version.py`: `requires_actor_reconfigure`, not
+  `requires_actor_restart`), so pointing traffic elsewhere restarts nothing. The router's code (its
+  args) is only the API key's digest.
 
 Why the placement lives in `placement_group_bundle_label_selector` even for one-GPU replicas:
 `ray.serve.llm` always schedules a vLLM replica inside a placement group
@@ -21,11 +30,18 @@ rewrites "A10" to "A10G", which on-prem A10 nodes never advertise.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+
 from . import engine_args as planned_args
 
+# The router application: the OpenAI endpoint. Service applications are APP_NAME.<service>.<digest>
+# (service names are [a-z0-9-], so the dots split them unambiguously).
 APP_NAME = "gpufleet"
 APP_MODULE = "gpufleet_serve_app"
-IMPORT_PATH = f"{APP_MODULE}:build_app"
+ROUTER_IMPORT_PATH = f"{APP_MODULE}:build_router"
+MODEL_IMPORT_PATH = f"{APP_MODULE}:build_model"
 # Deployment names as ray.serve.llm builds them: "<server class>:<deployment_config.name>" for
 # each model, and the ingress class name for the router.
 LLM_DEPLOYMENT_PREFIX = "LLMServer:"
@@ -49,6 +65,9 @@ DEFAULTS = {
     # Checksum of the installed application module: part of the app's runtime_env, so a new
     # module makes Serve rebuild the application even when nothing else changed.
     "app_version": None,
+    # Seconds a removed model replica waits for its requests in flight before it stops
+    # (Serve's graceful_shutdown_timeout_s; Serve's default is 20, ray/serve/_private/constants.py:270).
+    "drain_timeout_s": 120,
 }
 
 
@@ -62,6 +81,43 @@ class ServeConfigError(ValueError):
     """The plan cannot be turned into a Serve config (not feasible, or not the expected shape)."""
 
 
+def service_app_name(service: str, app: dict, router: str = APP_NAME) -> str:
+    """<router>.<service>.<digest of what Serve hashes into the application's code version>."""
+    code = {k: app.get(k) for k in ("import_path", "runtime_env", "args")}
+    digest = hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{router}.{service}.{digest}"
+
+
+def service_of_app(app_name: str, router: str = APP_NAME) -> str | None:
+    """The service a service application serves (None for the router or a foreign application)."""
+    parts = app_name.split(".")
+    return parts[1] if len(parts) == 3 and parts[0] == router else None
+
+
+def llm_configs(config: dict) -> list:
+    """The LLMConfigs (dicts) of a Serve config's service applications, in its order."""
+    return [app["args"]["llm_config"] for app in config.get("applications") or []
+            if "llm_config" in (app.get("args") or {})]
+
+
+def llm_deployments(apps: dict, router: str = APP_NAME) -> dict:
+    """service -> (application name, its LLMServer deployment) in Serve's view of the applications
+    (`serve status`, or the dashboard's details): each service application's deployment, and the
+    deployments of a single application of every service (the layout before service applications).
+    When a switch has a service in two applications, the one whose deployment serves wins."""
+    found: dict = {}
+    for app_name, app in sorted((apps or {}).items()):
+        service = service_of_app(app_name, router)
+        for dname, dep in ((app or {}).get("deployments") or {}).items():
+            if not dname.startswith(LLM_DEPLOYMENT_PREFIX):
+                continue
+            name = dname[len(LLM_DEPLOYMENT_PREFIX):]
+            if (app_name == router or service == name) and (
+                    name not in found or (dep or {}).get("status") == "HEALTHY"):
+                found[name] = (app_name, dep or {})
+    return found
+
+
 def _replica_overrides(service: dict) -> dict:
     replicas = service["replicas"]
     if replicas.get("autoscaling"):
@@ -72,6 +128,8 @@ def _replica_overrides(service: dict) -> dict:
         }
         if replicas.get("target_ongoing_requests") is not None:
             autoscaling["target_ongoing_requests"] = replicas["target_ongoing_requests"]
+        if "idle_unload_s" in service:  # on demand: ray/serve/config.py:693 (the 1 -> 0 step only)
+            autoscaling["downscale_to_zero_delay_s"] = service["idle_unload_s"]
         return {"autoscaling_config": autoscaling}
     # ray.serve.llm sets a default autoscaling_config in code; a fixed count must clear it.
     return {"num_replicas": replicas["max"], "autoscaling_config": None}
@@ -128,46 +186,91 @@ def vllm_services(plan: dict) -> list:
     return [s for s in plan.get("services") or [] if s.get("engine") == "vllm"]
 
 
-def build_serve_config(plan: dict, options: dict | None = None) -> dict:
-    """Serve declarative config (a dict ServeDeploySchema accepts) for the plan's vLLM services."""
-    if not plan.get("feasible", False):
-        codes = ", ".join(sorted({e.get("code", "?") for e in plan.get("errors") or []})) or "no verdict"
-        raise ServeConfigError(f"plan for strategy {plan.get('strategy')!r} is not feasible ({codes})")
+def _app_env(opts: dict) -> dict:
+    env = {"PYTHONPATH": opts["app_dir"]}
+    if opts["app_version"]:
+        env["GPUFLEET_APP_VERSION"] = str(opts["app_version"])
+    return env
+
+
+def _options(options: dict | None) -> dict:
     unknown = sorted(set(options or {}) - set(DEFAULTS))
     if unknown:
         raise ServeConfigError(f"unknown serve config options: {', '.join(unknown)}")
-    opts = {**DEFAULTS, **{k: v for k, v in (options or {}).items() if v is not None}}
+    return {**DEFAULTS, **{k: v for k, v in (options or {}).items() if v is not None}}
 
+
+def service_apps(plan: dict, options: dict | None = None) -> list:
+    """One Serve application per vLLM service of the plan (each named by service_app_name)."""
+    opts = _options(options)
+    apps = []
+    for service in vllm_services(plan):
+        app = {
+            "route_prefix": None,  # reached through the router only
+            "import_path": MODEL_IMPORT_PATH,
+            "runtime_env": {"env_vars": _app_env(opts)},
+            "args": {"llm_config": _llm_config(service, opts["env_vars"])},
+            "deployments": [{
+                "name": LLM_DEPLOYMENT_PREFIX + service["name"], **_replica_overrides(service),
+                "graceful_shutdown_timeout_s": float(opts["drain_timeout_s"]),
+            }],
+        }
+        apps.append({"name": service_app_name(service["name"], app, opts["app_name"]), **app})
+    return apps
+
+
+def routes(apps: list, plan: dict, router: str = APP_NAME) -> dict:
+    """The router's user_config: model name -> [{app, deployment, weight, llm_config}] over the
+    given service applications; weight is the service's planned replica maximum."""
+    capacity = {s["name"]: s["replicas"]["max"] for s in vllm_services(plan)}
+    models: dict = {}
+    for app in apps:
+        service = service_of_app(app["name"], router)
+        llm = app["args"]["llm_config"]
+        models.setdefault(llm["model_loading_config"]["model_id"], []).append({
+            "app": app["name"], "deployment": LLM_DEPLOYMENT_PREFIX + service,
+            # a copy: the router reads its model card (context length, modality) from it
+            "weight": int(capacity.get(service, 1)), "llm_config": copy.deepcopy(llm),
+        })
+    return {"models": models}
+
+
+def router_app(user_config: dict, options: dict | None = None) -> dict:
+    """The router application: the OpenAI endpoint, with the routing table as user_config."""
+    opts = _options(options)
+    return {
+        "name": opts["app_name"],
+        "route_prefix": opts["route_prefix"],
+        "import_path": ROUTER_IMPORT_PATH,
+        "runtime_env": {"env_vars": _app_env(opts)},
+        "args": {"api_key_sha256": opts["api_key_sha256"]},
+        # Pinning the router to the head also pins Serve's build task there (Serve runs it on the
+        # shared label selector of the config's deployments), where the module is installed.
+        "deployments": [{
+            "name": INGRESS_DEPLOYMENT,
+            "ray_actor_options": {"num_cpus": float(opts["ingress_num_cpus"]), "label_selector": dict(HEAD_SELECTOR)},
+            "user_config": user_config,
+        }],
+    }
+
+
+def deploy_config(apps: list, options: dict | None = None) -> dict:
+    """The whole declarative config around the given applications."""
+    opts = _options(options)
     http_options = {"host": opts["http_host"], "port": int(opts["http_port"])}
     if opts["request_timeout_s"] is not None:
         http_options["request_timeout_s"] = float(opts["request_timeout_s"])
-    config = {"proxy_location": opts["proxy_location"], "http_options": http_options, "applications": []}
+    return {"proxy_location": opts["proxy_location"], "http_options": http_options, "applications": list(apps)}
 
-    services = vllm_services(plan)
-    if not services:
-        return config  # deploying an empty list removes gpufleet's application
 
-    app_env = {"PYTHONPATH": opts["app_dir"]}
-    if opts["app_version"]:
-        app_env["GPUFLEET_APP_VERSION"] = str(opts["app_version"])
-    deployments = [{"name": LLM_DEPLOYMENT_PREFIX + s["name"], **_replica_overrides(s)} for s in services]
-    # Pinning the ingress to the head also pins Serve's build task there (Serve runs it on the
-    # shared label selector of the config's deployments), which is where the module is installed.
-    deployments.append({
-        "name": INGRESS_DEPLOYMENT,
-        "ray_actor_options": {"num_cpus": float(opts["ingress_num_cpus"]), "label_selector": dict(HEAD_SELECTOR)},
-    })
-    config["applications"].append({
-        "name": opts["app_name"],
-        "route_prefix": opts["route_prefix"],
-        "import_path": IMPORT_PATH,
-        "runtime_env": {"env_vars": app_env},
-        "args": {
-            "llm_configs": [_llm_config(s, opts["env_vars"]) for s in services],
-            "api_key_sha256": opts["api_key_sha256"],
-            # Services sharing a model name split its requests in proportion to these.
-            "capacity": {s["name"]: s["replicas"]["max"] for s in services},
-        },
-        "deployments": deployments,
-    })
-    return config
+def build_serve_config(plan: dict, options: dict | None = None) -> dict:
+    """Serve declarative config (a dict ServeDeploySchema accepts) for the plan's vLLM services:
+    the router application, then one application per service."""
+    if not plan.get("feasible", False):
+        codes = ", ".join(sorted({e.get("code", "?") for e in plan.get("errors") or []})) or "no verdict"
+        raise ServeConfigError(f"plan for strategy {plan.get('strategy')!r} is not feasible ({codes})")
+    apps = service_apps(plan, options)
+    if not apps:
+        return deploy_config([], options)  # deploying an empty list removes gpufleet's applications
+    router = _options(options)["app_name"]
+    return deploy_config([router_app(routes(apps, plan, router), options), *apps], options)

@@ -26,11 +26,7 @@ import re
 
 from . import nvidia_smi
 from .inventory import HOST_LABEL
-
-try:
-    from .serve_config import APP_NAME, LLM_DEPLOYMENT_PREFIX
-except ImportError:  # serve_config names them; the same literals otherwise
-    APP_NAME, LLM_DEPLOYMENT_PREFIX = "gpufleet", "LLMServer:"
+from .serve_config import APP_NAME, LLM_DEPLOYMENT_PREFIX, llm_deployments, service_of_app
 
 # Ray: an application is RUNNING while its deployments are "healthy or autoscaling".
 SERVING = ("HEALTHY", "UPSCALING", "DOWNSCALING")
@@ -222,14 +218,10 @@ def _pct(observed: float | None, planned: float | None) -> float | None:
 
 
 def _running_replicas(apps: dict | None) -> dict:
-    """service -> [(replica_id, host)] of its RUNNING replicas in the gpufleet application."""
-    out: dict = {}
-    app = (apps or {}).get(APP_NAME) or {}
-    for dname, dep in (app.get("deployments") or {}).items():
-        if dname.startswith(LLM_DEPLOYMENT_PREFIX):
-            out[dname[len(LLM_DEPLOYMENT_PREFIX):]] = [(r.get("replica_id"), r.get("host")) for r in
-                                                       dep.get("replicas") or [] if r.get("state") == "RUNNING"]
-    return out
+    """service -> [(replica_id, host)] of its RUNNING replicas in gpufleet's applications."""
+    return {service: [(r.get("replica_id"), r.get("host")) for r in dep.get("replicas") or []
+                      if r.get("state") == "RUNNING"]
+            for service, (_, dep) in llm_deployments(apps).items()}
 
 
 def _observation(hosts: dict, host: str | None, replica_id: str | None, alone_on_host: bool) -> dict | None:
@@ -382,30 +374,32 @@ def node_drift(plan: dict, nodes: list) -> list:
 
 
 def serve_drift(plan: dict, apps: dict) -> list:
-    """app_missing, app_unhealthy, service_unexpected, then per planned vLLM service
-    service_missing or its deployment's drift. Without vLLM services, only a leftover gpufleet
-    application is drift."""
+    """app_missing, app_unhealthy (the router application, or a service's), service_unexpected, then
+    per planned vLLM service service_missing or its deployment's drift. Without vLLM services, only a
+    leftover gpufleet application is drift."""
     vllm = [s for s in plan.get("services") or [] if s.get("engine") == "vllm"]
     app = apps.get(APP_NAME)
-    if not vllm and app is None:
+    ours = {name: a for name, a in apps.items() if name == APP_NAME or service_of_app(name)}
+    if not vllm and not ours:
         return []
     if app is None:
         return [_finding("app_missing", f"Serve has no application {APP_NAME!r}")]
     drift = []
-    if app.get("status") != "RUNNING":
-        drift.append(_finding("app_unhealthy", f"application {APP_NAME} is {app.get('status')}: "
-                              f"{app.get('message') or 'no message'}"))
-    deployments = app.get("deployments") or {}
-    planned = {LLM_DEPLOYMENT_PREFIX + s["name"]: s for s in vllm}
-    for dname in deployments:
-        if dname.startswith(LLM_DEPLOYMENT_PREFIX) and dname not in planned:
-            drift.append(_finding("service_unexpected", f"deployment {dname} is not in the applied plan",
-                                  service=dname[len(LLM_DEPLOYMENT_PREFIX):]))
-    for dname, service in planned.items():
-        if dname not in deployments:
-            drift.append(_finding("service_missing", f"no deployment {dname}", service=service["name"]))
+    for name, a in sorted(ours.items()):
+        if a.get("status") != "RUNNING":
+            drift.append(_finding("app_unhealthy", f"application {name} is {a.get('status')}: "
+                                  f"{a.get('message') or 'no message'}"))
+    deployments = llm_deployments(apps)
+    planned = {s["name"]: s for s in vllm}
+    for name, (app_name, _) in sorted(deployments.items()):
+        if name not in planned:
+            drift.append(_finding("service_unexpected", f"deployment {LLM_DEPLOYMENT_PREFIX}{name} "
+                                  f"({app_name}) is not in the applied plan", service=name))
+    for name, service in planned.items():
+        if name not in deployments:
+            drift.append(_finding("service_missing", f"no deployment {LLM_DEPLOYMENT_PREFIX}{name}", service=name))
         else:
-            drift += deployment_drift(service, deployments[dname])
+            drift += deployment_drift(service, deployments[name][1])
     return drift
 
 
