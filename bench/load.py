@@ -9,6 +9,9 @@ Targets are limited to loopback and the sandbox's own network (playbooks/sandbox
 anything else is refused before a request is sent. Prints requests, failures by cause, p50/p99
 latency (and time to first token for streams) and the longest stall: the longest time in which no
 request completed successfully. --json writes every request's outcome and latency.
+
+The API key: --api-key, else $GPUFLEET_API_KEY, else (with -i) the key the first apply made for that
+inventory (gpufleet.endpoint_key). Prefer the environment: a command line shows in `ps`.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import asyncio
 import ipaddress
 import json
 import math
+import os
 import signal
 import socket
 import statistics
@@ -232,6 +236,15 @@ def models_from_plan(inventory: str, strategy: str) -> tuple[str, dict]:
     return endpoint(plan), models
 
 
+def api_key(inventory: str | None) -> str:
+    if not inventory:
+        return os.environ.get("GPUFLEET_API_KEY") or "none"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from gpufleet.endpoint_key import read_key
+
+    return read_key(inventory) or "none"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--inventory", help="take the endpoint and model names from this inventory's plan")
@@ -239,7 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--url", help="the endpoint, e.g. http://10.89.0.10:8000/v1 (default: from the plan)")
     parser.add_argument("--chat-model")
     parser.add_argument("--embed-model")
-    parser.add_argument("--api-key", default="none")
+    parser.add_argument("--api-key")
     parser.add_argument("--mix", default="chat=2,stream=1,embed=1", help="request kinds and weights")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--duration", type=float, default=30.0, help=f"seconds, at most {MAX_DURATION_S}")
@@ -263,7 +276,8 @@ def main(argv=None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    outcomes, elapsed = asyncio.run(run(url, args.api_key, models, mix, args.concurrency, args.duration,
+    key = args.api_key or api_key(args.inventory)
+    outcomes, elapsed = asyncio.run(run(url, key, models, mix, args.concurrency, args.duration,
                                         args.max_requests, args.timeout, args.max_tokens, stop=stop))
     summary = summarize(outcomes, elapsed)
     print(f"load: {url} models {models} mix {args.mix} concurrency {args.concurrency}")

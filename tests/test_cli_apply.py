@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from gpufleet import record
+from gpufleet import endpoint_key, record
 from gpufleet.cli import main
 from gpufleet.serve_config import llm_deployments
 
@@ -217,7 +218,8 @@ def sandbox_load():
     sys.modules["load"] = load  # dataclasses look their module up
     spec.loader.exec_module(load)
     return load.Background("http://10.89.0.10:8000/v1", {"chat": "smollm2", "embed": "minilm"},
-                           mix="chat=2,stream=1,embed=1", concurrency=2)
+                           mix="chat=2,stream=1,embed=1", concurrency=2,
+                           api_key=endpoint_key.read_key(str(ROOT / "inventory" / "sandbox")))
 
 
 @pytest.mark.sandbox
@@ -266,6 +268,49 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["applied"]["strategy"] == "sandbox" and status["drift"] == []
+
+
+SANDBOX_NODES = ("sandbox-head", "sandbox-worker-1", "sandbox-worker-2")
+# Where a node keeps what gpufleet wrote: the record and the files kept beside it, Ray's config
+# (the token file is the one place the Ray token belongs), the Serve folder, the units.
+NODE_FILES = ("/etc/gpufleet", "/opt/gpufleet/serve", "/etc/systemd/system")
+TOKEN_FILE = "/etc/gpufleet/ray/auth_token"
+
+
+def files_holding(folder: Path, secrets: list[str]) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+
+
+@pytest.mark.sandbox
+def test_sandbox_secrets_stay_where_they_belong(sandbox):
+    """After the applies above: the endpoint's API key and the Ray token (both made on the controller)
+    are in no run artifact and no controller record, nowhere on a node but the Ray token file, and in
+    no process's command line. The searches find the token file, so they can find a leak."""
+    from gpufleet.runner import default_runs_dir
+
+    api_key = endpoint_key.key_file(sandbox).read_text().strip()
+    token = (record.cache_root() / "ray-auth-token").read_text().strip()
+    secrets = [api_key, token]
+    assert len(api_key) >= 32 and len(token) >= 32
+
+    runs = default_runs_dir()
+    assert any(runs.iterdir()), f"no run artifacts in {runs}"
+    assert files_holding(runs, secrets) == []
+    assert files_holding(record.applied_dir(sandbox), secrets) == []
+    assert subprocess.run(["git", "grep", "-lF", "-e", api_key, "-e", token], cwd=ROOT).returncode == 1
+
+    for node in SANDBOX_NODES:
+        # The secrets go to grep on stdin, never on a command line.
+        found = subprocess.run(["podman", "exec", "-i", node, "grep", "-rlF", "-f", "-", *NODE_FILES],
+                               input="\n".join(secrets) + "\n", capture_output=True, text=True)
+        assert found.stdout.split() == [TOKEN_FILE], (node, found.stdout, found.stderr)
+        api_key_found = subprocess.run(["podman", "exec", "-i", node, "grep", "-rlF", "-f", "-", *NODE_FILES],
+                                       input=api_key + "\n", capture_output=True, text=True)
+        assert api_key_found.returncode == 1 and api_key_found.stdout == "", (node, api_key_found.stdout)
+        processes = subprocess.run(["podman", "exec", node, "ps", "-eww", "-o", "args="],
+                                   capture_output=True, text=True, check=True).stdout
+        assert "raylet" in processes, processes[:2000]
+        assert not any(secret in processes for secret in secrets), node
 
 
 @pytest.mark.sandbox

@@ -1,7 +1,11 @@
 """Ask the sandbox endpoint through the `openai` client, as a user would; print one JSON report.
 
 Run on the controller by molecule/serve/verify.yml:
-    python openai_check.py --base-url http://10.89.0.10:8000/v1 --chat-model smollm2 --embed-model minilm
+    GPUFLEET_API_KEY=... python openai_check.py --base-url http://10.89.0.10:8000/v1 --chat-model smollm2 \
+        --embed-model minilm
+
+The key comes through the environment (never the command line, which `ps` shows). Besides the calls
+with the key, one call without it must be refused with 401.
 
 Every call is made for real; an exception is recorded as that check's error (the playbook then
 fails on it). Exit 0 only when every check passed.
@@ -10,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from openai import OpenAI
+from openai import AuthenticationError, OpenAI
 
 PROMPT = "What is a chest x-ray? Answer in one sentence."
 
@@ -33,9 +38,8 @@ def main() -> int:
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--chat-model", required=True)
     parser.add_argument("--embed-model", required=True)
-    parser.add_argument("--api-key", default="unused")
     args = parser.parse_args()
-    client = OpenAI(base_url=args.base_url, api_key=args.api_key, timeout=120, max_retries=0)
+    client = OpenAI(base_url=args.base_url, api_key=os.environ["GPUFLEET_API_KEY"], timeout=120, max_retries=0)
     report: dict = {"base_url": args.base_url}
 
     def models():
@@ -68,6 +72,14 @@ def main() -> int:
             raise ValueError(f"expected several streamed chunks, got {len(chunks)}")
         return {"chunks": len(chunks), "text": "".join(chunks)}
 
+    def without_key():
+        keyless = OpenAI(base_url=args.base_url, api_key="not-the-key", timeout=30, max_retries=0)
+        try:
+            keyless.models.list()
+        except AuthenticationError as exc:
+            return {"status": exc.status_code}
+        raise ValueError("the endpoint answered a request without the API key")
+
     def embeddings():
         r = client.embeddings.create(model=args.embed_model, input=["a chest x-ray", "a knee MRI"])
         dims = [len(d.embedding) for d in r.data]
@@ -75,8 +87,8 @@ def main() -> int:
             raise ValueError(f"expected 2 embeddings, got {len(dims)}")
         return {"model": r.model, "count": len(dims), "dims": dims[0]}
 
-    for name, fn in [("models", models), ("chat", chat), ("completion", completion), ("stream", stream),
-                     ("embeddings", embeddings)]:
+    for name, fn in [("without_key", without_key), ("models", models), ("chat", chat), ("completion", completion),
+                     ("stream", stream), ("embeddings", embeddings)]:
         run(name, fn, report)
     print(json.dumps(report, indent=1))
     return 0 if all(v["ok"] for k, v in report.items() if isinstance(v, dict)) else 1

@@ -6,6 +6,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from gpufleet import endpoint_key as _endpoint_key
 from gpufleet import nvidia_smi as _nvidia_smi
 from gpufleet import ollama_unit as _ollama_unit
 from gpufleet import serve_config as _serve_config
@@ -196,6 +197,15 @@ def serve_health(status_text: str, expected_apps: list) -> dict:
     return {"ready": ready, "failed": failed, "messages": messages}
 
 
+def api_key_file(inventory_sources) -> str:
+    """Where the controller keeps the endpoint's generated API key, from `ansible_inventory_sources`."""
+    sources = [inventory_sources] if isinstance(inventory_sources, str) else list(inventory_sources or [])
+    if len(sources) != 1:
+        raise AnsibleFilterError(f"the generated API key belongs to one inventory, got {sources!r}: "
+                                 "pass one -i or set serve_api_key yourself")
+    return str(_endpoint_key.key_file(sources[0]))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -208,4 +218,5 @@ class FilterModule:
             "gpufleet_systemd_quote": systemd_quote,
             "gpufleet_systemd_executable": systemd_executable,
             "gpufleet_systemd_environment": systemd_environment,
+            "gpufleet_api_key_file": api_key_file,
         }

@@ -47,6 +47,8 @@ class Node:
 class Cluster:
     source: str
     nodes: tuple
+    # The endpoint's serve_auth (the head's variable, read for the plan's warning): api_key or open.
+    serve_auth: str = "api_key"
 
     def node(self, host: str) -> Node | None:
         return next((n for n in self.nodes if n.host == host), None)
@@ -172,13 +174,24 @@ def cluster_from_hostvars(groups: dict, hostvars: dict, source: str = "inventory
     nodes = [_node(h, "head", hostvars.get(h, {}), source) for h in heads]
     nodes += [_node(h, "worker", hostvars.get(h, {}), source) for h in workers]
     _unique_addresses(nodes, source)
-    return Cluster(source, tuple(nodes))
+    return Cluster(source, tuple(nodes), _serve_auth(hostvars.get(heads[0], {}), source))
+
+
+SERVE_AUTH_MODES = ("api_key", "open")
+
+
+def _serve_auth(head_vars: dict, source: str) -> str:
+    mode = head_vars.get("serve_auth", "api_key")
+    if mode not in SERVE_AUTH_MODES:
+        raise InputError("invalid_field", source, "serve_auth", f"must be one of {', '.join(SERVE_AUTH_MODES)}, "
+                         f"got {mode!r}", "leave it unset (api_key: clients send a key) or set it to open")
+    return mode
 
 
 # The inventory variables the planner reads (docs/CONTRACTS.md). Only these are templated, so
 # unrelated (possibly vaulted or untemplatable) host variables are never evaluated.
 PLANNER_VARS = ("gpufleet_gpus", "gpufleet_cpus", "gpufleet_cpu_memory_mib", "gpufleet_node_labels",
-                "gpufleet_node_ip", "ansible_host")
+                "gpufleet_node_ip", "ansible_host", "serve_auth")
 
 
 def planner_hostvars(groups: dict, hostvars) -> dict:

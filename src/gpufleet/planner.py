@@ -703,6 +703,11 @@ class _Planner:
             [(sp.name, sp.service.host) for sp in plans if sp.service.engine == "ollama" and sp.model is not None])
         for sp in plans:
             self.settle(sp, listen)
+        if self.cluster.serve_auth == "open" and vllm:
+            self.warn("endpoint_open", "serve_auth is open: the endpoint answers anyone who reaches "
+                      "its port on the head, without a key",
+                      "remove serve_auth: open from the inventory (clients then send the key made on the "
+                      "first apply), or keep the port behind a firewall", field="serve_auth")
         devices = [d for host in self.devices.values() for d in host]
         return Plan(self.strategy, self.cluster, plans, devices, self.errors, self.warnings)
 

@@ -1,13 +1,16 @@
 """Ask a deployed strategy's endpoint for a chat answer and an embedding, with the OpenAI client.
 
     python -m gpufleet.smoke -i inventory/sandbox -s sandbox [--api-key KEY]
+
+The key is --api-key, else $GPUFLEET_API_KEY, else the one the first apply made for this inventory
+(gpufleet.endpoint_key); an endpoint with serve_auth open ignores it.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from . import endpoint_key
 from .api import plan_from_inventory
 from .serve_config import endpoint
 
@@ -18,14 +21,15 @@ def main(argv=None) -> int:
     parser.add_argument("-i", "--inventory", required=True)
     parser.add_argument("-s", "--strategy", default="sandbox")
     parser.add_argument("--strategies-dir")
-    parser.add_argument("--api-key", default=os.environ.get("GPUFLEET_API_KEY", "none"))
+    parser.add_argument("--api-key")
     args = parser.parse_args(argv)
 
     from openai import OpenAI
 
     plan = plan_from_inventory(args.inventory, args.strategy, args.strategies_dir)
     url = endpoint(plan)
-    client = OpenAI(base_url=url, api_key=args.api_key, timeout=120)
+    api_key = args.api_key or endpoint_key.read_key(args.inventory) or "none"
+    client = OpenAI(base_url=url, api_key=api_key, timeout=120)
     served = sorted(m.id for m in client.models.list().data)
     print(f"endpoint {url} serves: {', '.join(served)}")
     status = 0
@@ -42,7 +46,10 @@ def main(argv=None) -> int:
             text = reply.choices[0].message.content or ""
             print(f"{name}: {text.strip()}")
             status |= 0 if text.strip() else 1
-    print(f"\ntry it by hand:\n  curl {url}/models\n  curl {url}/chat/completions -H 'Content-Type: application/json' "
+    print(f"\ntry it by hand ({endpoint_key.usage(args.inventory)}):\n"
+          f"  curl {url}/models -H \"Authorization: Bearer $OPENAI_API_KEY\"\n"
+          f"  curl {url}/chat/completions -H \"Authorization: Bearer $OPENAI_API_KEY\" "
+          f"-H 'Content-Type: application/json' "
           f"-d '{{\"model\": \"{plan['services'][0]['route']['model_name']}\", \"messages\": "
           f"[{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
     return status

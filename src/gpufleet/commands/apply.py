@@ -27,6 +27,16 @@ def _endpoint(plan: dict, stats: dict) -> str:
     return endpoint(plan) or "(no head in the plan)"
 
 
+def _key_usage(inventory: str, plan: dict) -> str:
+    from .. import endpoint_key
+
+    if any(w["code"] == "endpoint_open" for w in plan["warnings"]):
+        return "open: no API key (serve_auth: open)"
+    if endpoint_key.key_file(inventory).is_file():
+        return endpoint_key.usage(inventory)
+    return "clients send the inventory's serve_api_key as 'Authorization: Bearer <key>'"
+
+
 def _chosen_plan(args) -> dict:
     """The plan this apply runs: a plan file made earlier (checked against today's inputs) or a new one."""
     if getattr(args, "plan", None):
@@ -85,6 +95,7 @@ def _show_result(args, data: dict, result) -> None:
             print(f"    {dname}: {dstatus.get('status') if isinstance(dstatus, dict) else dstatus}")
     if result.ok and not args.check:
         print(f"endpoint: {_endpoint(data, result.stats_data)}")
+        print(f"  {_key_usage(args.inventory, data)}")
     if result.artifact_dir:
         print(f"run artifacts: {result.artifact_dir}")
 
