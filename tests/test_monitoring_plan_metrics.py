@@ -77,9 +77,8 @@ def test_labels_join_the_serve_and_vllm_metrics():
     plan = plan_from_inventory(str(REPO / "inventory/sandbox"), "sandbox")
     got = parse(textfile(plan))
     chat = [dict(k[1]) for k in got if k[0] == "gpufleet_plan_replicas_max" and ("service", "chat") in k[1]]
-    # ray.serve.llm's deployment name and the application serve_config.py names; the OpenAI model name
-    assert chat == [{"service": "chat", "model_name": "smollm2", "engine": "vllm",
-                     "application": "gpufleet", "deployment": "LLMServer:chat"}]
+    # ray.serve.llm's deployment name (serve_config.py) and the OpenAI model name
+    assert chat == [{"service": "chat", "model_name": "smollm2", "engine": "vllm", "deployment": "LLMServer:chat"}]
     nodes = {dict(k[1])["host"]: dict(k[1])["ip"] for k in got if k[0] == "gpufleet_plan_node_info"}
     assert nodes == {"sandbox-head": "10.89.0.10", "sandbox-worker-1": "10.89.0.11", "sandbox-worker-2": "10.89.0.12"}
 

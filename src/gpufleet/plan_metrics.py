@@ -5,7 +5,7 @@ GPU was planned to hold beside what it holds.
 Reads the plan dict (plan_data.plan_to_dict, docs/CONTRACTS.md) and copies its figures; it decides
 and computes nothing (every figure is the planner's). Labels join the observed metrics:
 `ip` is the node address that Ray's node metrics carry (`ray_node_gram_used{ip, GpuIndex}`),
-`device` the GPU index (Ray's `GpuIndex`), `application`/`deployment` the Serve names that
+`device` the GPU index (Ray's `GpuIndex`), `deployment` the Serve deployment name that
 `ray_serve_deployment_replica_healthy` carries, `model_name` the served model name that vLLM's
 metrics carry (`ray_vllm_kv_cache_usage_perc{model_name}`).
 
@@ -16,12 +16,12 @@ metrics carry (`ray_vllm_kv_cache_usage_perc{model_name}`).
     gpufleet_plan_memory_mib{..., service, replica, kind}               planned MiB by service and kind
                                                                         (weights, kv_cache, activations, reserved,
                                                                         overhead, cuda_context)
-    gpufleet_plan_kv_cache_tokens{service, model_name, deployment, application, replica, host}
-    gpufleet_plan_replicas_min / _max / _initial{service, model_name, engine[, application, deployment]}
+    gpufleet_plan_kv_cache_tokens{service, model_name, deployment, replica, host}
+    gpufleet_plan_replicas_min / _max / _initial{service, model_name, engine[, deployment]}
 """
 from __future__ import annotations
 
-from gpufleet.serve_config import APP_NAME, LLM_DEPLOYMENT_PREFIX
+from gpufleet.serve_config import LLM_DEPLOYMENT_PREFIX
 
 # The file name the monitoring role writes into the textfile collector's folder.
 TEXTFILE_NAME = "gpufleet_plan.prom"
@@ -75,7 +75,8 @@ def samples(plan: dict) -> list:
                             {**where, "service": alloc["service"], "replica": alloc["replica"], "kind": kind}, mib))
     for svc in plan.get("services") or []:
         vllm = svc.get("engine") == "vllm"
-        serve = {"application": APP_NAME, "deployment": LLM_DEPLOYMENT_PREFIX + svc["name"]} if vllm else {}
+        # the Serve deployment's name; its application (gpufleet.<service>.<digest>) changes with the config
+        serve = {"deployment": LLM_DEPLOYMENT_PREFIX + svc["name"]} if vllm else {}
         who = {"service": svc["name"], "model_name": (svc.get("route") or {}).get("model_name"),
                "engine": svc.get("engine"), **serve}
         replicas = svc.get("replicas") or {}
