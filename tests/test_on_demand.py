@@ -57,6 +57,8 @@ def test_the_cap_counts_the_largest_on_demand_services_beside_the_always_loaded(
                                    "counted": ["chat-c", "chat-b"]}
     assert [a["mib"] for a in device["allocations"]] == [2000, 3000, 3500, 4000]  # every one is placed
     assert data["max_loaded_models"] == 2
+    # the endpoint does not hold requests back at the cap yet: the plan says so
+    assert [w["code"] for w in data["warnings"]] == ["loaded_cap_not_enforced"]
     replicas = {s["name"]: (s["replicas"], s.get("idle_unload_s")) for s in data["services"]}
     assert replicas["chat-a"][1] == 60 and replicas["chat-b"][1] == 300  # the default
     assert replicas["chat-a"][0]["initial"] == 1 and replicas["chat-b"][0]["initial"] == 0
@@ -70,6 +72,7 @@ def test_without_a_cap_every_on_demand_service_counts():
     assert (error["code"], error["service"]) == ("replicas_exceed_capacity", "chat-c")
     assert "other on-demand ones (no max_loaded_models: all of them)" in error["message"]
     assert worker(data)["planned_mib"] == 8500 and "max_loaded_models" not in data
+    assert not data["warnings"]  # every on-demand service counted: nothing for the endpoint to enforce
 
 
 def test_cap_of_one():
