@@ -25,8 +25,14 @@ IMAGE_NAME=localhost/gpufleet-node
 # What the roles need on a node: systemd as PID 1, python3 for Ansible and the
 # Ray venv, pip/venv, ca-certificates, iproute2/procps/curl for diagnostics and
 # health checks, sudo for plays that use become, python3-apt so that
-# ansible.builtin.apt can check installed packages.
-PACKAGES=systemd,systemd-sysv,dbus,iproute2,python3,python3-venv,python3-pip,procps,ca-certificates,curl,sudo,python3-apt,libnuma1
+# ansible.builtin.apt can check installed packages. prometheus and
+# prometheus-node-exporter are what the monitoring role installs with apt on real
+# hosts (Debian's packages); baked in here so that the sandbox needs no apt run and
+# the role's apt task finds them present. Their units are not enabled in the image:
+# the role enables Prometheus on its server and the node exporter everywhere.
+PACKAGES=systemd,systemd-sysv,dbus,iproute2,python3,python3-venv,python3-pip,procps,ca-certificates,curl,sudo,python3-apt,libnuma1,prometheus,prometheus-node-exporter
+# Units the packages enable that the roles, not the image, decide to run.
+DISABLE_UNITS=(prometheus.service prometheus-node-exporter.service)
 # Units that have nothing to do in a container and only make boot "degraded".
 MASK_UNITS=(systemd-remount-fs.service getty@tty1.service console-getty.service apt-daily.timer apt-daily-upgrade.timer e2scrub_reap.service)
 
@@ -81,6 +87,9 @@ debootstrap --variant=minbase --include="$PACKAGES" \
 printf 'deb %s %s main\n' "$MIRROR" "$SUITE" >"$ROOTFS/etc/apt/sources.list"
 for unit in "${MASK_UNITS[@]}"; do
     ln -sf /dev/null "$ROOTFS/etc/systemd/system/$unit"
+done
+for unit in "${DISABLE_UNITS[@]}"; do
+    rm -f "$ROOTFS/etc/systemd/system/multi-user.target.wants/$unit"
 done
 # podman writes /etc/hostname and /etc/hosts at start; an empty machine-id
 # makes systemd generate one per container on first boot.
