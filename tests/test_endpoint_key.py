@@ -128,3 +128,21 @@ def test_an_unknown_auth_mode_is_bad_input(tmp_path, capsys):
     assert main(["plan", "-i", inventory_with(tmp_path, "serve_auth: none"), "-s", "sandbox"]) == 2
     err = capsys.readouterr().err
     assert "[invalid_field]" in err and "serve_auth: must be one of api_key, open, got 'none'" in err
+
+
+def test_with_several_inventories_the_key_belongs_to_the_hosts_one(cache, tmp_path):
+    """molecule passes its own inventory beside the project's: the host's inventory_dir picks the project's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpufleet_filters", REPO / "plugins" / "filter" / "gpufleet.py")
+    filters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(filters)
+    other = tmp_path / "molecule-inventory"
+    other.mkdir()
+    expected = str(endpoint_key.key_file(str(SANDBOX)))
+    assert filters.api_key_file([str(SANDBOX)]) == expected
+    assert filters.api_key_file([str(other), str(SANDBOX)], str(SANDBOX)) == expected
+    assert filters.api_key_file([str(other), str(SANDBOX / "hosts.yml")], str(SANDBOX)) == str(
+        endpoint_key.key_file(str(SANDBOX / "hosts.yml")))
+    with pytest.raises(Exception, match="belongs to one inventory"):
+        filters.api_key_file([str(other), str(SANDBOX)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -266,7 +267,9 @@ def test_dedicated_node0_placement(rendered):
     assert overrides["LLMServer:medgemma-27b"]["autoscaling_config"] == {
         "min_replicas": 1, "max_replicas": 15, "initial_replicas": 1, "target_ongoing_requests": 5.0}
     assert overrides["GpufleetIngress"]["ray_actor_options"]["label_selector"] == {"gpufleet.io/group": "head"}
-    assert router["args"] == {"api_key_sha256": None} and router["route_prefix"] == "/"
+    # an API key by default (made on the controller at render time): only its SHA-256 is in the config
+    assert set(router["args"]) == {"api_key_sha256"} and re.fullmatch(r"[0-9a-f]{64}", router["args"]["api_key_sha256"])
+    assert router["route_prefix"] == "/"
 
 
 def test_colocate_4b_util090_is_refused_before_rendering(rendered):

@@ -2,6 +2,7 @@
 # templates hold no logic. Placement and memory decisions stay in the gpufleet planner.
 from __future__ import annotations
 
+import os
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -197,9 +198,15 @@ def serve_health(status_text: str, expected_apps: list) -> dict:
     return {"ready": ready, "failed": failed, "messages": messages}
 
 
-def api_key_file(inventory_sources) -> str:
-    """Where the controller keeps the endpoint's generated API key, from `ansible_inventory_sources`."""
+def api_key_file(inventory_sources, inventory_dir=None) -> str:
+    """Where the controller keeps the endpoint's generated API key, from `ansible_inventory_sources`.
+
+    With several sources (molecule adds its own inventory beside the project's), the key belongs to
+    the one that defines the host: INVENTORY_DIR (the host's `inventory_dir`) or the file in it."""
     sources = [inventory_sources] if isinstance(inventory_sources, str) else list(inventory_sources or [])
+    if len(sources) > 1 and inventory_dir:
+        home = os.path.realpath(str(inventory_dir))
+        sources = [s for s in sources if home in (os.path.realpath(s), os.path.dirname(os.path.realpath(s)))]
     if len(sources) != 1:
         raise AnsibleFilterError(f"the generated API key belongs to one inventory, got {sources!r}: "
                                  "pass one -i or set serve_api_key yourself")
