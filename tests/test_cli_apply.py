@@ -248,9 +248,10 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
 
     with sandbox_load() as switch:
         assert main(["apply", "-i", sandbox, "-s", "sandbox-swapped", "--yes"]) == 0
-    print(capsys.readouterr().out[-3000:])
+    # to stderr: what the test prints to stdout would come back in the next capsys.readouterr().out
+    print(capsys.readouterr().out[-3000:], file=sys.stderr)
     print("sandbox -> sandbox-swapped under load:", {k: switch.summary[k] for k in (
-        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")})
+        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")}, file=sys.stderr)
     assert switch.summary["requests"] > 20 and switch.summary["failed"] == 0, switch.summary
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -262,7 +263,7 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
         assert main(["rollback", "-i", sandbox, "--yes"]) == 0
     out = capsys.readouterr().out
     print("sandbox-swapped -> sandbox under load:", {k: back.summary[k] for k in (
-        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")})
+        "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")}, file=sys.stderr)
     assert "rolling back to strategy sandbox" in out
     assert back.summary["requests"] > 20 and back.summary["failed"] == 0, back.summary
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
