@@ -883,3 +883,62 @@ def test_diff_memory_per_device():
     assert text.splitlines()[0] == "sandbox -> sandbox-swapped: changes"
     assert "  ~ chat                         moved" in text
     assert "sandbox-head" not in text  # unchanged devices are left out
+
+
+def from_prometheus(stats: dict, lines: list | None = None, errors=()) -> dict:
+    """status.yml with monitoring deployed: the engines' gauges as Prometheus holds them for every
+    node (`cluster_probe.py prometheus`, with the scrape's `instance` label), besides the nodes' own."""
+    if lines is None:
+        ip = {n["labels"][HOST_LABEL]: n["node_ip"] for n in stats["gpufleet_cluster"]["nodes"]}
+        lines = [line.replace("{", f'{{instance="{ip[host]}:8080",', 1)
+                 for host, raw in stats["gpufleet_hosts"].items() for line in raw["engines"]["metrics"]]
+    stats["gpufleet_prometheus"] = {"url": "http://127.0.0.1:9090", "metrics": lines, "errors": list(errors)}
+    return stats
+
+
+def test_status_reads_the_engines_gauges_from_prometheus_when_it_is_deployed():
+    applied = plan(SB[1], SB[0])
+    record = {"strategy": "sandbox", "applied_at": "t", "plan": applied}
+    stats = from_prometheus(converged(applied))
+    kv_reported(W1, "chat", 0.5, SB)(stats)  # what the node's metrics port says now: ignored
+    data = build_status(stats, record)
+    assert data["observed_from"] == "prometheus" and data["drift"] == []
+    chat = next(r for r in data["observed"]["kv_cache"] if r["service"] == "chat")
+    assert chat["observed"]["source"] == "prometheus" and chat["diff_pct"] == 0.0
+    assert format_status(data).count(" prometheus") == 2
+
+    # Prometheus holds the half-size engine: drift, found through Prometheus
+    half = from_prometheus(converged(applied))
+    kv_reported(W1, "chat", 0.5, SB)(half)
+    from_prometheus(half)
+    assert [d["code"] for d in build_status(half, record)["drift"]] == ["kv_cache_off_plan"]
+
+    # a series whose instance is no Ray node's address is nobody's
+    stray = from_prometheus(converged(applied))
+    stray["gpufleet_prometheus"]["metrics"] = [line.replace("10.89.0.11:8080", "10.89.0.99:8080")
+                                               for line in stray["gpufleet_prometheus"]["metrics"]]
+    chat = next(r for r in build_status(stray, record)["observed"]["kv_cache"] if r["service"] == "chat")
+    assert chat["observed"] is None
+
+
+def test_status_falls_back_to_the_engines_when_prometheus_fails():
+    applied = plan(SB[1], SB[0])
+    stats = from_prometheus(converged(applied), lines=[], errors=["prometheus: URLError: connection refused"])
+    data = build_status(stats, {"strategy": "sandbox", "applied_at": "t", "plan": applied})
+    assert data["observed_from"] == "engines" and data["drift"] == []
+    assert data["errors"] == ["prometheus: URLError: connection refused"]
+    assert {r["observed"]["source"] for r in data["observed"]["kv_cache"]} == {"metric"}
+
+
+def test_a_node_the_status_play_could_not_read_is_drift():
+    """gpufleet status with a worker stopped: the head's play read Ray (which lists the node dead),
+    the per-node play could not reach the worker; status shows both instead of failing."""
+    applied = plan(SB[1], SB[0])
+    stats = converged(applied)
+    ray_node(stats, W2)["state"] = "DEAD"
+    host_unread(W2)(stats)
+    data = build_status(stats, {"strategy": "sandbox", "applied_at": "t", "plan": applied},
+                        unread={W2: "Failed to create temporary directory (exit 255)"})
+    codes = [(d["code"], d.get("host")) for d in data["drift"]]
+    assert codes[:2] == [("host_unreachable", W2), ("node_dead", W2)], codes
+    assert "[host_unreachable] sandbox-worker-2: the status play could not read it: Failed" in format_status(data)

@@ -102,7 +102,7 @@ def test_prometheus_listens_on_loopback_and_keeps_15_days_unless_set(rendered, t
     assert (rendered / "prometheus.default").read_text().splitlines()[-1] == (
         'ARGS="--config.file=/etc/prometheus/prometheus.yml --web.listen-address=127.0.0.1:9090 '
         '--storage.tsdb.retention.time=15d"')
-    other = render(tmp_path, "-e", "monitoring_prometheus_listen_address=0.0.0.0",
+    other = render(tmp_path, "-e", "gpufleet_prometheus_listen_address=0.0.0.0",
                    "-e", "monitoring_prometheus_retention_time=30d", "-e", "monitoring_prometheus_retention_size=50GB")
     assert (other / "prometheus.default").read_text().splitlines()[-1] == (
         'ARGS="--config.file=/etc/prometheus/prometheus.yml --web.listen-address=0.0.0.0:9090 '

@@ -2,6 +2,7 @@
 the file passes `promtool check metrics`, and the labels join the observed metrics."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,3 +89,9 @@ def test_label_values_are_escaped():
     text = textfile(plan)
     assert 'strategy="a\\"b\\\\c\\nd"' in text
     assert parse(text) == {("gpufleet_plan_info", frozenset({("strategy", 'a"b\\c\nd')})): 1.0}
+
+
+def test_the_file_does_not_depend_on_the_plans_key_order(plan):
+    """The play writes the file from a plan it made (keys in insertion order) or from a plan file
+    (keys sorted by json.dump): both must give the same bytes, or every other apply changes it."""
+    assert textfile(json.loads(json.dumps(plan, sort_keys=True))) == textfile(plan)

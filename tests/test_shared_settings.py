@@ -31,7 +31,7 @@ def test_shared_values_are_spelled_only_by_their_owner():
     # the distinctive values: folders and ports (names such as "ray" or "token" are ordinary words)
     literals = {str(v) for v in defaults.values()
                 if "{{" not in str(v) and (str(v).startswith("/") or str(v).isdigit())}
-    assert literals == {"/etc/gpufleet", "/opt/gpufleet", "8265"}
+    assert literals == {"/etc/gpufleet", "/opt/gpufleet", "8265", "9090"}
     found = [f"{path.relative_to(REPO)}:{number}: {line.strip()}"
              for path in ansible_content()
              for number, line in enumerate(path.read_text().splitlines(), 1)

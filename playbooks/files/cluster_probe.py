@@ -9,6 +9,9 @@ LLM exports through Ray's metrics agent when the LLMConfig has `log_engine_metri
 METRICS_URL (the node's `--metrics-export-port`) that carry it. (2) The engines' startup line
 "<DEVICE> KV cache size: N tokens" in the Ray logs of the node (LOG_DIR, default
 /tmp/ray/session_latest/logs), from the log files of processes still running.
+`cluster_probe.py prometheus PROMETHEUS_URL` where Prometheus runs (roles/monitoring): the same gauge
+for every node at once, from Prometheus' query API, as Prometheus text lines whose `instance` label
+names the node's metrics port.
 
 Run by `playbooks/status.yml` with the Python of the node's Ray venv (it needs `ray` only, not
 gpufleet): Ray's state API for the nodes (labels, alive), and the Serve REST API for the
@@ -76,6 +79,7 @@ KV_LINE = "KV cache size:"
 # every engine logs this once it is up (v1/engine/core.py); a pooling model's engine logs no KV size
 ENGINE_UP_LINE = "init engine (profile, create kv cache"
 MAX_LOG_BYTES = 64 * 1024 * 1024  # read no more of one log file
+PROMETHEUS_WINDOW = "1d"
 
 
 def _metrics(url: str) -> list:
@@ -131,8 +135,39 @@ def engines(metrics_url: str, log_dir: str) -> dict:
     return {"metrics_url": metrics_url, "metrics": metrics, "logs": logs, "errors": errors}
 
 
+def _escape(value: str) -> str:
+    """A label value as the text exposition format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _prometheus(url: str) -> list:
+    import urllib.parse
+    import urllib.request
+
+    # The gauge is set once when an engine starts, and Ray's exporter drops a series some time after
+    # its last update: the last value of each series within the window (the function drops the name).
+    expr = f'last_over_time({{__name__=~".*vllm_{CACHE_INFO}"}}[{PROMETHEUS_WINDOW}])'
+    query = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/query?{query}", timeout=15) as response:  # noqa: S310
+        data = json.load(response)
+    if data.get("status") != "success":
+        raise RuntimeError(f"Prometheus answered {data.get('status')}: {data.get('error')}")
+    lines = []
+    for series in data["data"]["result"]:
+        labels = dict(series["metric"])
+        name = labels.pop("__name__", f"vllm_{CACHE_INFO}")
+        quoted = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        lines.append(f"{name}{{{quoted}}} {series['value'][1]}")
+    return lines
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "prometheus":
+        errors: list = []
+        metrics = _read("prometheus", _prometheus, argv[1], errors)
+        print(json.dumps({"url": argv[1], "metrics": metrics, "errors": errors}))
+        return 0
     if argv and argv[0] == "engines":
         url = argv[1] if len(argv) > 1 else "http://127.0.0.1:8080/metrics"
         print(json.dumps(engines(url, argv[2] if len(argv) > 2 else "/tmp/ray/session_latest/logs")))

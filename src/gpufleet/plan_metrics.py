@@ -70,7 +70,8 @@ def samples(plan: dict) -> list:
         out.append(("gpufleet_plan_device_memory_mib", where, dev["memory_mib"]))
         out.append(("gpufleet_plan_device_planned_mib", where, dev["planned_mib"]))
         for alloc in dev.get("allocations") or []:
-            for kind, mib in (alloc.get("parts") or {}).items():
+            # by kind: a plan read back from a plan file has its keys sorted, one made in the play not
+            for kind, mib in sorted((alloc.get("parts") or {}).items()):
                 out.append(("gpufleet_plan_memory_mib",
                             {**where, "service": alloc["service"], "replica": alloc["replica"], "kind": kind}, mib))
     for svc in plan.get("services") or []:

@@ -4,6 +4,7 @@ Pure: takes the data the status play publishes and the applied record; returns d
 `format_status` renders. Drift codes:
 
 - node_missing / node_dead: a planned node is not in Ray, or Ray lists it dead
+- host_unreachable: the status play could not read a node (stopped, unreachable, a task failed)
 - label_missing / label_mismatch: a planned node lacks one of its identity labels in Ray
 - app_missing / app_unhealthy / deployment_unhealthy: Serve is not running what the plan says
 - service_missing / service_unexpected: a planned vLLM service has no deployment, or the reverse
@@ -164,7 +165,9 @@ def parse_ollama_ps(lines: list) -> list:
     return out
 
 
-def build_status(stats_data: dict, applied: dict | None) -> dict:
+def build_status(stats_data: dict, applied: dict | None, unread: dict | None = None) -> dict:
+    """`unread`: {host: why} of the nodes the status play could not read (gpufleet status carries
+    on without them when the head was read)."""
     cluster = stats_data.get("gpufleet_cluster") or {}
     hosts_raw = stats_data.get("gpufleet_hosts") or {}
     nodes = cluster.get("nodes")
@@ -174,8 +177,11 @@ def build_status(stats_data: dict, applied: dict | None) -> dict:
         host = (n.get("labels") or {}).get(HOST_LABEL)
         if host:
             host_of[n["node_id"]] = host
+    prometheus = stats_data.get("gpufleet_prometheus")
+    from_prometheus = _prometheus_by_host(prometheus, nodes)
     hosts = {h: {"gpus": parse_gpu_rows(v.get("gpus")), "nvidia_smi": bool(v.get("nvidia_smi")),
-                 "units": parse_unit_rows(v.get("units")), **_engine_observations(v)}
+                 "units": parse_unit_rows(v.get("units")),
+                 **_engine_observations(v, None if from_prometheus is None else from_prometheus.get(h, []))}
              for h, v in hosts_raw.items()}
     apps = {}
     for name, app in ((serve or {}).get("applications") or {}).items():
@@ -189,18 +195,44 @@ def build_status(stats_data: dict, applied: dict | None) -> dict:
     plan = (applied or {}).get("plan")
     live_apps = apps if serve is not None else None
     drift = compute_drift(plan, nodes, live_apps, hosts) if plan else []
+    drift = [_finding("host_unreachable", f"the status play could not read it: {why}", host=host)
+             for host, why in sorted((unread or {}).items())] + drift
     observed = {"kv_cache": kv_rows(plan, live_apps, hosts), "memory": memory_rows(plan, hosts),
                 "ollama": ollama_rows(plan, hosts)} if plan else None
     return {"applied": {k: (applied or {}).get(k) for k in ("strategy", "applied_at", "source")} if applied else None,
             "nodes": nodes, "applications": live_apps, "hosts": hosts,
-            "errors": list(cluster.get("errors") or []), "observed": observed, "drift": drift}
+            "errors": list(cluster.get("errors") or []) + list((prometheus or {}).get("errors") or []),
+            "observed_from": "prometheus" if from_prometheus is not None else "engines",
+            "observed": observed, "drift": drift}
 
 
-def _engine_observations(raw: dict) -> dict:
-    """What a node's engines report, as the probe read it (status.yml, `cluster_probe.py engines`):
+def _prometheus_by_host(prometheus: dict | None, nodes: list | None) -> dict | None:
+    """The cache_config_info lines Prometheus holds (status.yml, `cluster_probe.py prometheus`), by
+    inventory host: a line's `instance` label is the address of the node's metrics port, and the
+    Ray node with that address carries the host label. None when Prometheus was not read (not
+    deployed, or the query failed: status then uses what each node's engines report directly)."""
+    if not prometheus or prometheus.get("metrics") is None or prometheus.get("errors"):
+        return None
+    host_at = {n.get("node_ip"): (n.get("labels") or {}).get(HOST_LABEL) for n in nodes or []}
+    out: dict = {}
+    for line in prometheus["metrics"]:
+        match = _PROM_SAMPLE.match(line.strip())
+        labels = dict(_PROM_LABEL.findall(match["labels"])) if match else {}
+        host = host_at.get(labels.get("instance", "").rsplit(":", 1)[0])
+        if host:
+            out.setdefault(host, []).append(line)
+    return out
+
+
+def _engine_observations(raw: dict, prometheus_lines: list | None = None) -> dict:
+    """What a node's engines report, as the probe read it (status.yml, `cluster_probe.py engines`),
+    their gauges from Prometheus when it was read (prometheus_lines not None):
     {kv_observed: [per engine], ollama_ps: {service: [rows]}, probe_errors: [...]}."""
     engines = raw.get("engines") or {}
-    metric = parse_cache_config_info(engines.get("metrics"))
+    if prometheus_lines is None:
+        metric = parse_cache_config_info(engines.get("metrics"))
+    else:
+        metric = [{**o, "source": "prometheus"} for o in parse_cache_config_info(prometheus_lines)]
     logged = parse_kv_log_lines(engines.get("logs"))
     ollama = {}
     for service, read in (raw.get("ollama_ps") or {}).items():

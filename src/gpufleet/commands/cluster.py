@@ -22,7 +22,11 @@ def cmd_status(args) -> int:
 
     check_inventory(args.inventory)
     result = read_head(args.inventory, "record,cluster", "status", limit=args.limit)
-    if not result.ok:
+    # A node that cannot be read (stopped, unreachable) is drift, not a failed status, as long as
+    # the head was read: its play published the cluster (Ray's own view of that node included).
+    unread = {f["host"]: f["msg"] for f in result.failures}
+    if not result.ok and ("gpufleet_cluster" not in result.stats_data or not unread
+                          or any(h in (result.stats_data.get("gpufleet_hosts") or {}) for h in unread)):
         print_failures(result)
         print(f"gpufleet: the status play failed (run artifacts: {result.artifact_dir})", file=sys.stderr)
         return EXIT_FAILED
@@ -33,7 +37,7 @@ def cmd_status(args) -> int:
         current = record.read_current(args.inventory)
         if current is not None:
             current = {**current, "source": "controller cache"}
-    data = build_status(result.stats_data, current)
+    data = build_status(result.stats_data, current, unread)
     print(json.dumps(data, indent=2) if args.format == "json" else format_status(data))
     return EXIT_OK
 

@@ -181,3 +181,18 @@ def test_every_dashboard_query_returns_series(monitored):
     assert empty == {}, f"panel queries without series after 120 s of traffic: {empty}"
     for title, t in gpu_only:
         assert query(t["expr"]) == [], (title, t["expr"], "returns series without GPUs: not GPU-only")
+
+
+@pytest.mark.sandbox
+def test_status_reads_the_engines_from_prometheus(monitored):
+    """With monitoring deployed, `gpufleet status` takes the engines' KV cache gauges from Prometheus
+    (cluster_probe.py prometheus, on the head) and they agree with the plan as the engines' own do."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["status", "-i", monitored, "--format", "json"]) == 0
+    data = json.loads(out.getvalue())
+    assert data["observed_from"] == "prometheus", data["errors"]
+    rows = {r["service"]: r for r in data["observed"]["kv_cache"]}
+    assert rows["chat"]["observed"]["source"] == "prometheus", rows["chat"]
+    assert abs(rows["chat"]["diff_pct"]) <= 2, rows["chat"]
+    assert data["drift"] == []
