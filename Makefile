@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export GPUFLEET_CACHE ?= $(HOME)/.cache/gpufleet
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv sandbox-host sandbox-assets sandbox-up sandbox-down demo test unit lint molecule
+.PHONY: venv sandbox-host sandbox-assets sandbox-up sandbox-down demo test unit lint molecule soak
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -51,3 +51,8 @@ molecule: sandbox-assets
 # times: runs/test-times.txt.
 test: venv sandbox-assets
 	bash sandbox/test-all.sh
+
+# Long faults under load on the sandbox that is already up (make sandbox-up or make demo), not part of
+# `make test`: a worker stopped and started, the head restarted (tests/test_sandbox_soak.py); ~15 min.
+soak: venv
+	$(BIN)/pytest -m soak -s tests/test_sandbox_soak.py
