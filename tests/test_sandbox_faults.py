@@ -17,15 +17,13 @@ and applying `sandbox` afterwards stops it again.
 """
 from __future__ import annotations
 
-import io
-import json
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from sandbox_cli import ensure_applied, gpufleet, status
 
 from gpufleet.cli import main
 
@@ -53,13 +51,6 @@ def in_flight_at(outcomes, moment: float) -> int:
     return sum(1 for o in outcomes if o.start_s <= moment < o.start_s + o.latency_s)
 
 
-def status(sandbox) -> dict:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["status", "-i", sandbox, "--format", "json"]) == 0
-    return json.loads(out.getvalue())
-
-
 def write_strategy(tmp_path, name: str, text: str) -> Path:
     folder = tmp_path / "strategies"
     folder.mkdir(exist_ok=True)
@@ -76,8 +67,7 @@ def engine_pids(host: str) -> list[str]:
 @pytest.fixture
 def back_to_sandbox(sandbox):
     yield sandbox
-    with redirect_stdout(io.StringIO()):
-        assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0
+    assert gpufleet("apply", "-i", sandbox, "-s", "sandbox", "--yes") == 0
 
 
 @pytest.mark.sandbox
@@ -121,8 +111,7 @@ def test_fault_d_strategy_that_cannot_become_healthy(back_to_sandbox, tmp_path, 
     from test_cli_apply import sandbox_load
 
     sandbox = back_to_sandbox
-    with redirect_stdout(io.StringIO()):
-        assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0
+    ensure_applied(sandbox)
     folder = write_strategy(tmp_path, "sandbox-broken", BROKEN)
     with sandbox_load() as run:
         rc = main(["apply", "-i", sandbox, "-s", "sandbox-broken", "--strategies-dir", str(folder), "--yes"])

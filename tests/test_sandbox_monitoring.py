@@ -7,7 +7,6 @@ which must answer nothing here. Prometheus is reached from inside the head, on i
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import re
 import subprocess
@@ -15,14 +14,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from sandbox_cli import ensure_applied, status
 
 from gpufleet import endpoint_key
 from gpufleet.api import plan_from_inventory
-from gpufleet.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 HEAD = "sandbox-head"
@@ -60,13 +58,7 @@ def ansible_playbook(*argv) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def monitored(sandbox):
     """Strategy sandbox applied (by this fixture only if status says otherwise) and Prometheus ready."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["status", "-i", sandbox, "--format", "json"]) == 0
-    data = json.loads(out.getvalue())
-    if (data["applied"] or {}).get("strategy") != "sandbox" or data["drift"]:
-        with redirect_stdout(io.StringIO()):
-            assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0
+    ensure_applied(sandbox)
     if podman_exec(HEAD, "curl", "-sf", "-m", "10", PROMETHEUS + "/-/ready").returncode != 0:
         run = ansible_playbook("playbooks/monitoring.yml", "-i", sandbox, "-e", "strategy=sandbox")
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
@@ -187,10 +179,7 @@ def test_every_dashboard_query_returns_series(monitored):
 def test_status_reads_the_engines_from_prometheus(monitored):
     """With monitoring deployed, `gpufleet status` takes the engines' KV cache gauges from Prometheus
     (cluster_probe.py prometheus, on the head) and they agree with the plan as the engines' own do."""
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["status", "-i", monitored, "--format", "json"]) == 0
-    data = json.loads(out.getvalue())
+    data = status(monitored)
     assert data["observed_from"] == "prometheus", data["errors"]
     rows = {r["service"]: r for r in data["observed"]["kv_cache"]}
     assert rows["chat"]["observed"]["source"] == "prometheus", rows["chat"]

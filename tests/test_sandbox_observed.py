@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sandbox_cli import ensure_applied
 
 from gpufleet.api import plan_from_inventory
 from gpufleet.cli import main
@@ -42,16 +43,7 @@ def status(inventory: str, capsys) -> dict:
 @pytest.fixture(scope="module")
 def converged(sandbox):
     """Strategy sandbox applied and running as planned (applied here only if status says otherwise)."""
-    import io
-    from contextlib import redirect_stdout
-
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["status", "-i", sandbox, "--format", "json"]) == 0
-    data = json.loads(out.getvalue())
-    if (data["applied"] or {}).get("strategy") != "sandbox" or data["drift"]:
-        with redirect_stdout(io.StringIO()):
-            assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0
+    ensure_applied(sandbox)
     return sandbox
 
 

@@ -8,18 +8,15 @@ request to the autoscaler, which scales up from zero).
 """
 from __future__ import annotations
 
-import io
-import json
 import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from sandbox_cli import gpufleet, status
 
 from gpufleet import endpoint_key
-from gpufleet.cli import main
 from gpufleet.serve_config import llm_deployments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,10 +35,7 @@ LAZY = (REPO / "strategies" / "sandbox.yml").read_text().replace("name: sandbox\
 
 
 def running_replicas(sandbox, service: str) -> int:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        assert main(["status", "-i", sandbox, "--format", "json"]) == 0
-    deployments = {name: dep for name, (_, dep) in llm_deployments(json.loads(out.getvalue())["applications"]).items()}
+    deployments = {name: dep for name, (_, dep) in llm_deployments(status(sandbox)["applications"]).items()}
     return sum(r["state"] == "RUNNING" for r in deployments[service]["replicas"])
 
 
@@ -51,8 +45,7 @@ def test_on_demand_service_loads_on_first_request_and_unloads_when_idle(sandbox,
     folder.mkdir()
     (folder / "sandbox-lazy.yml").write_text(LAZY)
     try:
-        with redirect_stdout(io.StringIO()):
-            assert main(["apply", "-i", sandbox, "-s", "sandbox-lazy", "--strategies-dir", str(folder), "--yes"]) == 0
+        assert gpufleet("apply", "-i", sandbox, "-s", "sandbox-lazy", "--strategies-dir", str(folder), "--yes") == 0
         assert running_replicas(sandbox, "chat-lazy") == 0
         client = OpenAI(base_url="http://10.89.0.10:8000/v1", api_key=endpoint_key.read_key(sandbox),
                         timeout=300, max_retries=0)
@@ -71,5 +64,4 @@ def test_on_demand_service_loads_on_first_request_and_unloads_when_idle(sandbox,
         assert running_replicas(sandbox, "chat-lazy") == 0
         assert unloaded_after_s >= IDLE_UNLOAD_S
     finally:
-        with redirect_stdout(io.StringIO()):
-            assert main(["apply", "-i", sandbox, "-s", "sandbox", "--yes"]) == 0
+        assert gpufleet("apply", "-i", sandbox, "-s", "sandbox", "--yes") == 0
