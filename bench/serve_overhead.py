@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def start_plain(service: dict, host: str) -> list[str]:
             *vllm_flags(service["engine_args"])]
     env = ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"]
     subprocess.run(["podman", "exec", "-d", container(host), "env", *env, "sh", "-c",
-                    " ".join(argv) + " > /tmp/gpufleet-bench-plain.log 2>&1"], check=True)
+                    shlex.join(argv) + " > /tmp/gpufleet-bench-plain.log 2>&1"], check=True)
     return argv
 
 
@@ -106,7 +107,7 @@ def measure(url: str, api_key: str, model: str, concurrency: int, duration: floa
 
 
 def merge(runs: list[dict]) -> dict:
-    """Rounds of one side at one level: token throughput summed over time, latencies as medians."""
+    """Rounds of one side at one level: token throughput as the rounds' mean, latencies as medians."""
     out = {"requests": sum(r["requests"] for r in runs), "failed": sum(r["failed"] for r in runs),
            "tokens_per_s": round(statistics.mean(r["tokens_per_s"] for r in runs), 2)}
     for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms"):
@@ -175,7 +176,7 @@ def main(argv=None) -> int:
             print(f"                plain    {p['tokens_per_s']:8.1f} tok/s, TTFT p50 {p['ttft_p50_ms']} ms "
                   f"p99 {p['ttft_p99_ms']} ms, ITL p50 {p['itl_p50_ms']} ms ({p['failed']} failed)")
             print(f"                ratio    throughput {merged['ratio']['tokens_per_s']}x, "
-                  f"TTFT p50 {merged['ratio']['ttft_p50_delta_ms']:+} ms, ITL {merged['ratio']['itl_p50']}x",
+                  f"TTFT p50 {merged['ratio']['ttft_p50_delta_ms']} ms, ITL {merged['ratio']['itl_p50']}x",
                   flush=True)
     finally:
         stop_plain(host)

@@ -913,12 +913,20 @@ def test_status_reads_the_engines_gauges_from_prometheus_when_it_is_deployed():
     from_prometheus(half)
     assert [d["code"] for d in build_status(half, record)["drift"]] == ["kv_cache_off_plan"]
 
-    # a series whose instance is no Ray node's address is nobody's
+    # a series whose instance is no Ray node's address is nobody's: the node's own report counts
     stray = from_prometheus(converged(applied))
     stray["gpufleet_prometheus"]["metrics"] = [line.replace("10.89.0.11:8080", "10.89.0.99:8080")
                                                for line in stray["gpufleet_prometheus"]["metrics"]]
-    chat = next(r for r in build_status(stray, record)["observed"]["kv_cache"] if r["service"] == "chat")
-    assert chat["observed"] is None
+    kv_reported(W1, "chat", 0.5, SB)(stray)
+    data = build_status(stray, record)
+    chat = next(r for r in data["observed"]["kv_cache"] if r["service"] == "chat")
+    assert chat["observed"]["source"] == "metric" and [d["code"] for d in data["drift"]] == ["kv_cache_off_plan"]
+
+    # Prometheus holds nothing yet (just deployed): every node's own report counts
+    empty = from_prometheus(converged(applied), lines=[])
+    kv_reported(W1, "chat", 0.5, SB)(empty)
+    data = build_status(empty, record)
+    assert data["observed_from"] == "engines" and [d["code"] for d in data["drift"]] == ["kv_cache_off_plan"]
 
 
 def test_status_falls_back_to_the_engines_when_prometheus_fails():
@@ -942,3 +950,22 @@ def test_a_node_the_status_play_could_not_read_is_drift():
     codes = [(d["code"], d.get("host")) for d in data["drift"]]
     assert codes[:2] == [("host_unreachable", W2), ("node_dead", W2)], codes
     assert "[host_unreachable] sandbox-worker-2: the status play could not read it: Failed" in format_status(data)
+
+
+def test_which_failed_nodes_status_carries_on_without():
+    """gpufleet status carries on without a node that is down (Ansible could not reach it, or Ray lists
+    it dead) and fails on any other failure of the status play."""
+    from types import SimpleNamespace
+
+    from gpufleet.commands.cluster import unread_nodes
+
+    stats = converged(plan(SB[1], SB[0]))
+    ray_node(stats, W2)["state"] = "DEAD"
+
+    def failed(host, unreachable):
+        return {"host": host, "task": "Read GPU memory", "msg": "exit 255", "unreachable": unreachable}
+
+    result = SimpleNamespace(stats_data=stats, failures=[failed(W2, False), failed(W1, True)])
+    assert unread_nodes(result) == {W2: "exit 255", W1: "exit 255"}
+    result = SimpleNamespace(stats_data=stats, failures=[failed(W1, False)])  # alive in Ray: a real error
+    assert unread_nodes(result) == {}

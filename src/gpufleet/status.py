@@ -181,7 +181,7 @@ def build_status(stats_data: dict, applied: dict | None, unread: dict | None = N
     from_prometheus = _prometheus_by_host(prometheus, nodes)
     hosts = {h: {"gpus": parse_gpu_rows(v.get("gpus")), "nvidia_smi": bool(v.get("nvidia_smi")),
                  "units": parse_unit_rows(v.get("units")),
-                 **_engine_observations(v, None if from_prometheus is None else from_prometheus.get(h, []))}
+                 **_engine_observations(v, (from_prometheus or {}).get(h))}
              for h, v in hosts_raw.items()}
     apps = {}
     for name, app in ((serve or {}).get("applications") or {}).items():
@@ -202,7 +202,7 @@ def build_status(stats_data: dict, applied: dict | None, unread: dict | None = N
     return {"applied": {k: (applied or {}).get(k) for k in ("strategy", "applied_at", "source")} if applied else None,
             "nodes": nodes, "applications": live_apps, "hosts": hosts,
             "errors": list(cluster.get("errors") or []) + list((prometheus or {}).get("errors") or []),
-            "observed_from": "prometheus" if from_prometheus is not None else "engines",
+            "observed_from": "prometheus" if from_prometheus else "engines",
             "observed": observed, "drift": drift}
 
 
@@ -210,8 +210,9 @@ def _prometheus_by_host(prometheus: dict | None, nodes: list | None) -> dict | N
     """The cache_config_info lines Prometheus holds (status.yml, `cluster_probe.py prometheus`), by
     inventory host: a line's `instance` label is the address of the node's metrics port, and the
     Ray node with that address carries the host label. None when Prometheus was not read (not
-    deployed, or the query failed: status then uses what each node's engines report directly)."""
-    if not prometheus or prometheus.get("metrics") is None or prometheus.get("errors"):
+    deployed, the query failed, or no node known: status then uses what each node's engines report
+    directly); a node Prometheus holds nothing for (not scraped yet) keeps its engines' own report."""
+    if not prometheus or prometheus.get("metrics") is None or prometheus.get("errors") or not nodes:
         return None
     host_at = {n.get("node_ip"): (n.get("labels") or {}).get(HOST_LABEL) for n in nodes or []}
     out: dict = {}
