@@ -230,10 +230,12 @@ def _engine_observations(raw: dict, prometheus_lines: list | None = None) -> dic
     their gauges from Prometheus when it was read (prometheus_lines not None):
     {kv_observed: [per engine], ollama_ps: {service: [rows]}, probe_errors: [...]}."""
     engines = raw.get("engines") or {}
-    if prometheus_lines is None:
-        metric = parse_cache_config_info(engines.get("metrics"))
-    else:
-        metric = [{**o, "source": "prometheus"} for o in parse_cache_config_info(prometheus_lines)]
+    metric = parse_cache_config_info(engines.get("metrics"))
+    if prometheus_lines is not None:
+        # Prometheus' reading of an engine wins; an engine it has not scraped yet keeps the node's own
+        scraped = [{**o, "source": "prometheus"} for o in parse_cache_config_info(prometheus_lines)]
+        known = {o["replica_id"] for o in scraped}
+        metric = scraped + [o for o in metric if o["replica_id"] not in known]
     logged = parse_kv_log_lines(engines.get("logs"))
     ollama = {}
     for service, read in (raw.get("ollama_ps") or {}).items():
