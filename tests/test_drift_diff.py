@@ -955,9 +955,7 @@ def test_a_node_the_status_play_could_not_read_is_drift():
 def test_which_failed_nodes_status_carries_on_without():
     """gpufleet status carries on without a node that is down (Ansible could not reach it, or Ray lists
     it dead) and fails on any other failure of the status play."""
-    from types import SimpleNamespace
-
-    from gpufleet.commands.cluster import unread_nodes
+    from gpufleet.status import unread_nodes
 
     stats = converged(plan(SB[1], SB[0]))
     ray_node(stats, W2)["state"] = "DEAD"
@@ -965,7 +963,5 @@ def test_which_failed_nodes_status_carries_on_without():
     def failed(host, unreachable):
         return {"host": host, "task": "Read GPU memory", "msg": "exit 255", "unreachable": unreachable}
 
-    result = SimpleNamespace(stats_data=stats, failures=[failed(W2, False), failed(W1, True)])
-    assert unread_nodes(result) == {W2: "exit 255", W1: "exit 255"}
-    result = SimpleNamespace(stats_data=stats, failures=[failed(W1, False)])  # alive in Ray: a real error
-    assert unread_nodes(result) == {}
+    assert unread_nodes(stats, [failed(W2, False), failed(W1, True)]) == {W2: "exit 255", W1: "exit 255"}
+    assert unread_nodes(stats, [failed(W1, False)]) == {}  # alive in Ray: a real error

@@ -4,7 +4,8 @@ Pure: takes the data the status play publishes and the applied record; returns d
 `format_status` renders. Drift codes:
 
 - node_missing / node_dead: a planned node is not in Ray, or Ray lists it dead
-- host_unreachable: the status play could not read a node (stopped, unreachable, a task failed)
+- host_unreachable: the status play could not read a node that is down (Ansible cannot reach it, or
+  its task failed and Ray does not list it alive)
 - label_missing / label_mismatch: a planned node lacks one of its identity labels in Ray
 - app_missing / app_unhealthy / deployment_unhealthy: Serve is not running what the plan says
 - service_missing / service_unexpected: a planned vLLM service has no deployment, or the reverse
@@ -214,7 +215,7 @@ def _prometheus_by_host(prometheus: dict | None, nodes: list | None) -> dict | N
     directly); a node Prometheus holds nothing for (not scraped yet) keeps its engines' own report."""
     if not prometheus or prometheus.get("metrics") is None or prometheus.get("errors") or not nodes:
         return None
-    host_at = {n.get("node_ip"): (n.get("labels") or {}).get(HOST_LABEL) for n in nodes or []}
+    host_at = {n.get("node_ip"): (n.get("labels") or {}).get(HOST_LABEL) for n in nodes}
     out: dict = {}
     for line in prometheus["metrics"]:
         match = _PROM_SAMPLE.match(line.strip())
@@ -383,6 +384,14 @@ def _live_nodes(nodes: list) -> dict:
         if host and (host not in by_host or str(n.get("state")) == "ALIVE"):
             by_host[host] = n
     return by_host
+
+
+def unread_nodes(stats_data: dict, failures: list) -> dict:
+    """{host: why} of the status play's failures on nodes that are down: unreachable for Ansible,
+    or not ALIVE in Ray (the runner's failures: {host, task, msg, unreachable})."""
+    nodes = (stats_data.get("gpufleet_cluster") or {}).get("nodes") or []
+    alive = {host for host, n in _live_nodes(nodes).items() if str(n.get("state")) == "ALIVE"}
+    return {f["host"]: f["msg"] for f in failures if f.get("unreachable") or f["host"] not in alive}
 
 
 def node_drift(plan: dict, nodes: list) -> list:

@@ -16,25 +16,16 @@ from .common import (
 )
 
 
-def unread_nodes(result) -> dict:
-    """{host: why} of the failures of nodes that are down: unreachable for Ansible, or not ALIVE in Ray."""
-    from ..inventory import HOST_LABEL
-
-    nodes = (result.stats_data.get("gpufleet_cluster") or {}).get("nodes") or []
-    alive = {(n.get("labels") or {}).get(HOST_LABEL) for n in nodes if str(n.get("state")) == "ALIVE"}
-    return {f["host"]: f["msg"] for f in result.failures if f.get("unreachable") or f["host"] not in alive}
-
-
 def cmd_status(args) -> int:
     from .. import record
-    from ..status import build_status, format_status
+    from ..status import build_status, format_status, unread_nodes
 
     check_inventory(args.inventory)
     result = read_head(args.inventory, "record,cluster", "status", limit=args.limit)
     # A node that cannot be read because it is down (Ansible cannot reach it, or Ray itself lists it
     # dead) is drift, not a failed status, as long as the head was read: its play published the
     # cluster. Any other failure is the status play's own and fails the command.
-    unread = unread_nodes(result)
+    unread = unread_nodes(result.stats_data, result.failures)
     if not result.ok and ("gpufleet_cluster" not in result.stats_data
                           or not unread or any(f["host"] not in unread for f in result.failures)):
         print_failures(result)
