@@ -30,7 +30,10 @@ IMAGE_NAME=localhost/gpufleet-node
 # hosts (Debian's packages); baked in here so that the sandbox needs no apt run and
 # the role's apt task finds them present. Their units are not enabled in the image:
 # the role enables Prometheus on its server and the node exporter everywhere.
-PACKAGES=systemd,systemd-sysv,dbus,iproute2,python3,python3-venv,python3-pip,procps,ca-certificates,curl,sudo,python3-apt,libnuma1,prometheus,prometheus-node-exporter
+# openssh-server: Ansible reaches the nodes over SSH with pipelining, as on real
+# hosts (one round trip per task; the podman connection cannot pipeline and made a
+# no-op apply take 84 s instead of 28 s).
+PACKAGES=systemd,systemd-sysv,dbus,iproute2,python3,python3-venv,python3-pip,procps,ca-certificates,curl,sudo,python3-apt,libnuma1,prometheus,prometheus-node-exporter,openssh-server
 # Units the packages enable that the roles, not the image, decide to run.
 DISABLE_UNITS=(prometheus.service prometheus-node-exporter.service)
 # Units that have nothing to do in a container and only make boot "degraded".
@@ -95,6 +98,12 @@ done
 # makes systemd generate one per container on first boot.
 : >"$ROOTFS/etc/machine-id"
 rm -f "$ROOTFS/var/lib/dbus/machine-id"
+# Each container makes its own SSH host keys on first boot (the image holds none);
+# playbooks/sandbox_up.yml reads them into the controller's known_hosts for the sandbox.
+rm -f "$ROOTFS"/etc/ssh/ssh_host_*
+mkdir -p "$ROOTFS/etc/systemd/system/ssh.service.d"
+printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
+    >"$ROOTFS/etc/systemd/system/ssh.service.d/host-keys.conf"
 printf 'recipe=%s\nsuite=%s\npackages=%s\n' "$RECIPE_HASH" "$SUITE" "$PACKAGES" >"$ROOTFS/etc/gpufleet-image"
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log
 
