@@ -63,7 +63,7 @@ for stage in $STAGES; do
         ray_cluster|serve|ollama)
             molecule reset -s "$stage" > /dev/null 2>&1
             run_stage "$stage" molecule test -s "$stage" --destroy=never ;;
-        sandbox-pytest) run_stage sandbox-pytest pytest -q -m sandbox -x ;;
+        sandbox-pytest) run_stage sandbox-pytest pytest -q -m sandbox -x --durations=0 ;;
         *) echo "unknown stage $stage" >&2; false ;;
     esac || exit 1
 done

@@ -57,8 +57,7 @@ def test_the_cap_counts_the_largest_on_demand_services_beside_the_always_loaded(
                                    "counted": ["chat-c", "chat-b"]}
     assert [a["mib"] for a in device["allocations"]] == [2000, 3000, 3500, 4000]  # every one is placed
     assert data["max_loaded_models"] == 2
-    # the endpoint does not hold requests back at the cap yet: the plan says so
-    assert [w["code"] for w in data["warnings"]] == ["loaded_cap_not_enforced"]
+    assert data["warnings"] == []  # the router holds requests back at the cap (tests/test_router.py)
     replicas = {s["name"]: (s["replicas"], s.get("idle_unload_s")) for s in data["services"]}
     assert replicas["chat-a"][1] == 60 and replicas["chat-b"][1] == 300  # the default
     assert replicas["chat-a"][0]["initial"] == 1 and replicas["chat-b"][0]["initial"] == 0
@@ -124,8 +123,24 @@ def test_table_says_what_was_counted(capsys):
     (ON_DEMAND, {"max_loaded_models": True}, "max_loaded_models", "must be int"),
     ([service("a", 0.3, {"min": 0, "max": 1, "initial": 1}), service("b", 0.3, {"min": 0, "max": 1, "initial": 1})],
      {"max_loaded_models": 1}, "max_loaded_models", "2 on-demand services start loaded (replicas.initial > 0: a, b)"),
+    ([ALWAYS, {**service("chat", 0.3, {"min": 0, "max": 1}), "route": {"model_name": "base"}}],
+     {"max_loaded_models": 1}, "services[chat].route.model_name", "'base' is also served by base"),
 ])
 def test_bad_on_demand_settings_are_refused(services, extra, field, words):
     with pytest.raises(InputError) as caught:
         strategy(services, **extra)
     assert caught.value.field == field and words in caught.value.message, caught.value
+
+
+def test_the_routers_table_names_the_on_demand_models_and_the_cap():
+    """What the router enforces (templates/gpufleet_serve_app.py.j2, tests/test_router.py) comes
+    from the plan: on-demand model names with their idle_unload_s, max_loaded_models, the wait."""
+    from gpufleet.serve_config import build_serve_config
+
+    config = build_serve_config(planned([ALWAYS, *ON_DEMAND], max_loaded_models=2), {"loaded_cap_wait_s": 12})
+    table = config["applications"][0]["deployments"][0]["user_config"]
+    assert table["on_demand"] == {"models": {"chat-a": 60, "chat-b": 300, "chat-c": 300},
+                                  "max_loaded": 2, "wait_s": 12.0}
+    assert sorted(table["models"]) == ["base", "chat-a", "chat-b", "chat-c"]
+    no_cap = build_serve_config(planned([ALWAYS]))["applications"][0]["deployments"][0]["user_config"]
+    assert "on_demand" not in no_cap

@@ -703,13 +703,6 @@ class _Planner:
             [(sp.name, sp.service.host) for sp in plans if sp.service.engine == "ollama" and sp.model is not None])
         for sp in plans:
             self.settle(sp, listen)
-        if self.strategy.max_loaded_models:
-            self.warn("loaded_cap_not_enforced",
-                      f"the plan counts at most {self.strategy.max_loaded_models} on-demand services loaded at once, "
-                      "but the endpoint does not yet hold a request back when that many are loaded: requests for "
-                      "more within idle_unload_s load them anyway, beyond the planned memory",
-                      "send requests to at most max_loaded_models on-demand models at a time, or drop "
-                      "max_loaded_models so that the plan counts every on-demand service", field="max_loaded_models")
         if self.cluster.serve_auth == "open" and vllm:
             self.warn("endpoint_open", "serve_auth is open: the endpoint answers anyone who reaches "
                       "its port on the head, without a key",

@@ -68,6 +68,9 @@ DEFAULTS = {
     # Seconds a removed model replica waits for its requests in flight before it stops
     # (Serve's graceful_shutdown_timeout_s; Serve's default is 20, ray/serve/_private/constants.py:270).
     "drain_timeout_s": 120,
+    # Seconds a request for an unloaded on-demand model waits for one of the max_loaded_models
+    # loaded ones to unload before the router answers 503 with Retry-After.
+    "loaded_cap_wait_s": 30,
 }
 
 
@@ -219,10 +222,13 @@ def service_apps(plan: dict, options: dict | None = None) -> list:
     return apps
 
 
-def routes(apps: list, plan: dict, router: str = APP_NAME) -> dict:
+def routes(apps: list, plan: dict, router: str = APP_NAME, cap_wait_s: float = DEFAULTS["loaded_cap_wait_s"]) -> dict:
     """The router's user_config: model name -> [{app, deployment, weight, llm_config}] over the
-    given service applications; weight is the service's planned replica maximum."""
+    given service applications; weight is the service's planned replica maximum. `on_demand`: the
+    model names served only by on-demand services (-> their longest idle_unload_s), the plan's
+    max_loaded_models and how long a request waits for a free slot under it."""
     capacity = {s["name"]: s["replicas"]["max"] for s in vllm_services(plan)}
+    idle = {s["name"]: s["idle_unload_s"] for s in vllm_services(plan) if "idle_unload_s" in s}
     models: dict = {}
     for app in apps:
         service = service_of_app(app["name"], router)
@@ -232,7 +238,13 @@ def routes(apps: list, plan: dict, router: str = APP_NAME) -> dict:
             # a copy: the router reads its model card (context length, modality) from it
             "weight": int(capacity.get(service, 1)), "llm_config": copy.deepcopy(llm),
         })
-    return {"models": models}
+    on_demand = {model: max(idle[m["deployment"][len(LLM_DEPLOYMENT_PREFIX):]] for m in members)
+                 for model, members in models.items()
+                 if all(m["deployment"][len(LLM_DEPLOYMENT_PREFIX):] in idle for m in members)}
+    if not on_demand:
+        return {"models": models}
+    return {"models": models, "on_demand": {"models": on_demand, "max_loaded": plan.get("max_loaded_models"),
+                                            "wait_s": float(cap_wait_s)}}
 
 
 def router_app(user_config: dict, options: dict | None = None) -> dict:
@@ -273,4 +285,5 @@ def build_serve_config(plan: dict, options: dict | None = None) -> dict:
     if not apps:
         return deploy_config([], options)  # deploying an empty list removes gpufleet's applications
     router = _options(options)["app_name"]
-    return deploy_config([router_app(routes(apps, plan, router), options), *apps], options)
+    table = routes(apps, plan, router, _options(options)["loaded_cap_wait_s"])
+    return deploy_config([router_app(table, options), *apps], options)

@@ -386,6 +386,14 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
             _fail(file, "max_loaded_models", f"is {cap} but {len(warm)} on-demand services start loaded "
                   f"(replicas.initial > 0: {', '.join(warm)})", f"raise max_loaded_models to {len(warm)} or set "
                   "initial: 0 on some of them")
+        # The endpoint counts loaded models by the name clients ask for (route.model_name).
+        for service in lazy:
+            sharing = [s.name for s in services if s is not service and s.model_name == service.model_name]
+            if sharing:
+                _fail(file, f"services[{service.name}].route.model_name",
+                      f"{service.model_name!r} is also served by {', '.join(sharing)}: under max_loaded_models "
+                      "each on-demand service answers to a name of its own (the endpoint counts loaded models by name)",
+                      f"give {service.name} its own route: {{model_name: ...}}, or drop max_loaded_models")
     return Strategy(name, description.strip(), services, file, cap)
 
 

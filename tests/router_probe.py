@@ -1,0 +1,186 @@
+"""Drive the router (GpufleetIngress of templates/gpufleet_serve_app.py.j2) with ray.serve.llm's
+own call of the model deployments replaced by scripted outcomes and Serve's replica table
+(serve.status) by scripted states, and print what each case gave, as JSON: the retry before the
+first chunk, the cap on loaded on-demand models, /health, /stats and /v1/models.
+
+    python tests/router_probe.py
+
+Run in its own interpreter (tests/test_router.py): ray.serve.llm's import beside Ansible's
+modules breaks as vLLM's does (tests/serve_app_probe.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "gpufleet_serve_app.py.j2"
+
+
+def load_router():
+    source = TEMPLATE.read_text().split("\n", 1)[1]  # line 1 is Ansible's managed comment
+    folder = Path(tempfile.mkdtemp())
+    (folder / "gpufleet_serve_app.py").write_text(source)
+    spec = importlib.util.spec_from_file_location("gpufleet_serve_app", folder / "gpufleet_serve_app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpufleet_serve_app"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_case(module, members: int, script: list) -> dict:
+    """script: one outcome per call of ray.serve.llm's _get_response, in order: "ok" (a stream of two
+    chunks), "died" (an exception before the first chunk), "500" (an ErrorResponse first),
+    "404" (the HTTPException of an unknown model, raised before any deployment is picked)."""
+    from fastapi import HTTPException
+    from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    calls, picked = [], []
+
+    async def parent(self, **kwargs):
+        outcome = script[min(len(calls), len(script) - 1)]
+        calls.append(outcome)
+        if outcome == "404":
+            raise HTTPException(404, "no such model")
+        picked.append(self._get_configured_serve_handle(kwargs["body"].model))
+        if outcome == "died":
+            raise RuntimeError("actor died")
+        if outcome == "500":
+            yield ErrorResponse(error=ErrorInfo(message="engine dead", type="InternalServerError", code=500))
+            return
+        yield "chunk-1"
+        yield "chunk-2"
+
+    router = module.GpufleetIngress()
+    router._routes = {"m": [(f"handle-{i}", 1) for i in range(members)]}
+
+    class Body:
+        model = "m"
+
+    async def consume():
+        out = []
+        try:
+            async for item in router._get_response(body=Body(), call_method="chat"):
+                out.append(item if isinstance(item, str) else f"error {item.error.code}")
+        except Exception as exc:  # what reaches ray.serve.llm's caller
+            out.append(f"raised {type(exc).__name__} {getattr(exc, 'status_code', '')}".strip())
+        return out
+
+    original = OpenAiIngress._get_response
+    OpenAiIngress._get_response = parent
+    try:
+        result = asyncio.run(asyncio.wait_for(consume(), 10))
+    finally:
+        OpenAiIngress._get_response = original
+    return {"calls": calls, "picked": picked, "result": result}
+
+
+def scripted_status(module, tables: list, every_s: float):
+    """serve.status() answering tables[i] (model -> {replica state: count}) from i * every_s
+    seconds after the first call on; each model's deployment is LLMServer:<model> in app.<model>."""
+    from types import SimpleNamespace
+
+    started = []
+
+    def status():
+        now = time.monotonic()
+        started.append(now)
+        table = tables[min(int((now - started[0]) / every_s), len(tables) - 1)]
+        return SimpleNamespace(applications={
+            f"app.{m}": SimpleNamespace(deployments={f"LLMServer:{m}": SimpleNamespace(replica_states=dict(states))})
+            for m, states in table.items()})
+
+    module.serve.status = status
+
+
+def cap_router(module, models: list, max_loaded, wait_s: float):
+    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
+
+    router = module.GpufleetIngress()
+    router._routes = {m: [(f"handle-{m}", 1)] for m in models}
+    router._members = {m: [(f"app.{m}", f"LLMServer:{m}")] for m in models}
+    router._model_cards = {m: ModelCard(id=m, object="model", owned_by="gpufleet", permission=[], metadata={})
+                           for m in models}
+    router._on_demand = {m: 20.0 for m in models}
+    router._max_loaded, router._cap_wait_s = max_loaded, wait_s
+    return router
+
+
+def run_cap_cases(module) -> dict:
+    """The cap's cases, each through the guarded /v1/chat/completions endpoint (the 503 and its
+    Retry-After header are the wrapper's)."""
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    async def parent(self, **kwargs):
+        yield f"answer from {kwargs['body'].model}"
+
+    class Body:
+        def __init__(self, model):
+            self.model = model
+
+    async def chat(router, model):
+        started = time.monotonic()
+        response = await router.chat(Body(model), request=None)
+        if hasattr(response, "body_iterator"):  # a stream: read it to its end, as a client does
+            async for _ in response.body_iterator:
+                pass
+        return {"status": response.status_code, "retry_after": response.headers.get("retry-after"),
+                "seconds": round(time.monotonic() - started, 1),
+                "body": json.loads(bytes(response.body)) if hasattr(response, "body") else None}
+
+    async def cases():
+        out = {}
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = cap_router(module, ["a", "b"], 1, 2.0)
+        out["cap 1, a loaded: b waits, then 503"] = await chat(router, "b")
+        out["cap 1, a loaded: a answers at once"] = await chat(router, "a")
+
+        scripted_status(module, [{"a": {"RUNNING": 1}}, {"a": {"STOPPING": 1}}, {}], 1.0)
+        router = cap_router(module, ["a", "b"], 1, 10.0)
+        out["cap 1, a unloads during the wait: b loads"] = await chat(router, "b")
+        out["stats after b loaded"] = router._stats["b"] | {"last_used": None, "last_used_mono": None}
+
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = cap_router(module, ["a", "b", "c"], 2, 2.0)
+        both = await asyncio.gather(chat(router, "b"), chat(router, "c"))
+        out["cap 2, a loaded: b and c at once"] = sorted(r["status"] for r in both)
+
+        scripted_status(module, [{"a": {"RUNNING": 1}, "b": {"STARTING": 1}, "c": {"STOPPING": 1}}], 60)
+        router = cap_router(module, ["a", "b", "c", "d"], 3, 2.0)
+        out["health"] = await router.health(request=None)
+        stats = await router.stats(request=None)
+        out["stats"] = {m: {k: v[k] for k in ("state", "replicas", "requests")} for m, v in stats["models"].items()}
+        listing = await router.models(request=None)
+        out["models"] = {card.id: card.metadata["gpufleet"]["state"] for card in listing.data}
+        return out
+
+    original = OpenAiIngress._get_response
+    OpenAiIngress._get_response = parent
+    try:
+        return asyncio.run(asyncio.wait_for(cases(), 60))
+    finally:
+        OpenAiIngress._get_response = original
+
+
+def main() -> int:
+    module = load_router()
+    cases = {
+        "first deployment died, second answers": (2, ["died", "ok"]),
+        "first answered 500, second answers": (2, ["500", "ok"]),
+        "every deployment died": (2, ["died", "died", "died"]),
+        "one deployment, it died": (1, ["died", "ok"]),
+        "unknown model": (2, ["404", "404", "404"]),
+    }
+    result = {name: run_case(module, *case) for name, case in cases.items()}
+    result.update(run_cap_cases(module))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

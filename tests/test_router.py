@@ -1,0 +1,79 @@
+"""The router (GpufleetIngress, templates/gpufleet_serve_app.py.j2) on the real ray.serve.llm
+ingress class, with its call of the model deployments and Serve's replica table scripted
+(tests/router_probe.py, in its own interpreter): the retry of a request that failed before its
+first chunk, the cap on loaded on-demand models, /health, /stats and /v1/models. The retry against
+a killed engine on the sandbox is tests/test_sandbox_faults.py (fault a); the endpoints against
+Ray's own replica table, tests/test_sandbox_on_demand.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).resolve().parent / "router_probe.py"
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict:
+    run = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_a_failure_before_the_first_chunk_goes_to_the_other_deployment(cases):
+    for name in ("first deployment died, second answers", "first answered 500, second answers"):
+        case = cases[name]
+        assert case["result"] == ["chunk-1", "chunk-2"], (name, case)
+        assert len(case["picked"]) == 2 and case["picked"][0] != case["picked"][1], (name, case)
+
+
+def test_each_deployment_is_tried_once_then_the_error_is_the_callers(cases):
+    every = cases["every deployment died"]
+    assert every["calls"] == ["died", "died"] and sorted(every["picked"]) == ["handle-0", "handle-1"], every
+    assert every["result"] == ["raised RuntimeError"]
+    assert cases["one deployment, it died"]["calls"] == ["died"]
+    assert cases["one deployment, it died"]["result"] == ["raised RuntimeError"]
+
+
+def test_a_client_error_is_not_retried(cases):
+    """An unknown model fails before any deployment is picked: answered once (a count of picks would
+    never reach the deployments' number and retry forever)."""
+    assert cases["unknown model"] == {"calls": ["404"], "picked": [], "result": ["raised HTTPException 404"]}
+
+
+def test_cap_holds_a_request_back_then_answers_503_with_retry_after(cases):
+    """Cap 1 with model a loaded: a request for b waits the cap's wait (2 s here), then 503 with
+    Retry-After = a's idle_unload_s after its last use (20 s: a was never used through this router)."""
+    held = cases["cap 1, a loaded: b waits, then 503"]
+    assert held["status"] == 503 and held["retry_after"] == "20", held
+    assert held["seconds"] >= 2.0, held
+    assert held["body"]["error"]["code"] == 503 and "(a)" in held["body"]["error"]["message"], held
+    assert cases["cap 1, a loaded: a answers at once"]["status"] == 200
+
+
+def test_cap_lets_the_request_through_once_a_model_unloads(cases):
+    """a runs, then stops (STOPPING still holds its memory), then is gone: b is let through only then
+    (2 s into a 10 s wait), and its request is counted as the load."""
+    through = cases["cap 1, a unloads during the wait: b loads"]
+    assert through["status"] == 200 and 2.0 <= through["seconds"] < 10, through
+    assert cases["stats after b loaded"]["requests"] == 1
+    assert cases["stats after b loaded"]["loads"] == 1 and cases["stats after b loaded"]["in_flight"] == 0
+
+
+def test_two_models_racing_for_the_last_slot(cases):
+    """Cap 2 with a loaded: b and c at once; one is let through, the other is held and refused,
+    although Serve's table does not show the first one's replica yet."""
+    assert cases["cap 2, a loaded: b and c at once"] == [200, 503]
+
+
+def test_health_stats_and_models_report_serves_replica_states(cases):
+    """a RUNNING, b STARTING, c STOPPING, d nothing."""
+    assert cases["health"] == {"status": "healthy", "models_loaded": 1, "models_available": 4, "loaded": ["a"],
+                               "loading": ["b"], "max_loaded_models": 3}
+    expected = {"a": "loaded", "b": "loading", "c": "unloading", "d": "unloaded"}
+    assert {m: v["state"] for m, v in cases["stats"].items()} == expected
+    assert cases["stats"]["a"]["replicas"] == 1 and cases["stats"]["b"]["replicas"] == 0
+    assert cases["models"] == expected
