@@ -150,6 +150,29 @@ def run_cap_cases(module) -> dict:
         both = await asyncio.gather(chat(router, "b"), chat(router, "c"))
         out["cap 2, a loaded: b and c at once"] = sorted(r["status"] for r in both)
 
+        scripted_status(module, [{"a": {"STOPPING": 1}}], 60)
+        router = cap_router(module, ["a", "b"], 1, 2.0)
+        out["cap 1, a only stopping: a again waits, then 503"] = (await chat(router, "a"))["status"]
+
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = cap_router(module, ["a", "b"], 1, 2.0)
+        out["cap 1, a loaded: b through a LoRA-style id b:x"] = (await chat(router, "b:x"))["status"]
+
+        scripted_status(module, [{}], 60)
+        router = cap_router(module, ["a", "b"], 1, 2.0)
+        await asyncio.gather(chat(router, "b"), chat(router, "b"))
+        out["cap 1, two requests for cold b at once: loads"] = router._stats["b"]["loads"]
+
+        def unreadable():
+            raise RuntimeError("controller gone")
+
+        module.serve.status = unreadable
+        router = cap_router(module, ["a", "b"], 1, 2.0)
+        out["table unreadable: request"] = (await chat(router, "b"))["status"]
+        health = await router.health(request=None)
+        out["table unreadable: health"] = health.status_code
+        out["table unreadable: models"] = [card.id for card in (await router.models(request=None)).data]
+
         scripted_status(module, [{"a": {"RUNNING": 1}, "b": {"STARTING": 1}, "c": {"STOPPING": 1}}], 60)
         router = cap_router(module, ["a", "b", "c", "d"], 3, 2.0)
         out["health"] = await router.health(request=None)

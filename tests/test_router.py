@@ -77,3 +77,23 @@ def test_health_stats_and_models_report_serves_replica_states(cases):
     assert {m: v["state"] for m, v in cases["stats"].items()} == expected
     assert cases["stats"]["a"]["replicas"] == 1 and cases["stats"]["b"]["replicas"] == 0
     assert cases["models"] == expected
+
+
+def test_a_model_whose_only_replica_is_stopping_needs_a_free_slot(cases):
+    """Its stopping replica still holds memory and a new one would start beside it."""
+    assert cases["cap 1, a only stopping: a again waits, then 503"] == 503
+
+
+def test_a_lora_style_id_counts_against_its_base_model(cases):
+    """ray.serve.llm sends "b:x" to b's deployment, which would load b beyond the cap."""
+    assert cases["cap 1, a loaded: b through a LoRA-style id b:x"] == 503
+
+
+def test_one_load_is_counted_once(cases):
+    assert cases["cap 1, two requests for cold b at once: loads"] == 1
+
+
+def test_an_unreadable_replica_table_holds_nothing_back_and_health_says_so(cases):
+    assert cases["table unreadable: request"] == 200
+    assert cases["table unreadable: health"] == 503
+    assert cases["table unreadable: models"] == ["a", "b"]

@@ -125,6 +125,11 @@ def plan_transition(before: dict | None, after: dict, options: dict | None = Non
                 ["models"].items() for m in ms}
 
     member = {**members(old_apps, before or {}), **members(new_apps, after)}
+    # Every step's router keeps the cap on loaded models: the target's, else (switching away from a
+    # capped strategy) the deployed one's, over the on-demand models each step routes.
+    cap_wait_s = sc._options(options)["loaded_cap_wait_s"]
+    old_on_demand = sc.routes(list(old_apps.values()), before or {}, router, cap_wait_s).get("on_demand") or {}
+    new_on_demand = sc.routes(list(new_apps.values()), after, router, cap_wait_s).get("on_demand") or {}
     if old_router:  # the deployed router's own entries (weights as deployed)
         for model, ms in ((old_router["deployments"][0].get("user_config") or {}).get("models") or {}).items():
             for m in ms:
@@ -153,6 +158,11 @@ def plan_transition(before: dict | None, after: dict, options: dict | None = Non
 
     def emit(kind: str, names: list, summary: str) -> None:
         table = {"models": {model: [member[n][1] for n in apps] for model, apps in sorted(routes.items()) if apps}}
+        lazy = {model: (new_on_demand if model in new_models else old_on_demand).get("models", {}).get(model)
+                for model in table["models"]}
+        lazy = {model: idle for model, idle in lazy.items() if idle is not None}
+        if lazy:
+            table["on_demand"] = {**(new_on_demand or old_on_demand), "models": lazy}
         apps = [app(n) for n in running_apps]
         config = sc.deploy_config([sc.router_app(table, options), *apps] if apps else [], options)
         steps.append({"kind": kind, "apps": list(names), "summary": summary, "config": config,
