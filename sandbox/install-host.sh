@@ -8,8 +8,9 @@
 #   1. installs podman, runc, debootstrap, systemd (tests/test_systemd_quote.py
 #      parses units with `systemd --test`) and prometheus (for its promtool: the
 #      alert rules' tests and the plan textfile's check, tests/test_monitoring_*.py;
-#      no Prometheus server runs on the controller) from the Debian archive
-#      (skipped when they are already there);
+#      no Prometheus server runs on the controller) and openssh-client (Ansible
+#      reaches the sandbox nodes over SSH; sandbox_up.yml makes its key with
+#      ssh-keygen) from the Debian archive (skipped when they are already there);
 #   2. makes podman use runc and container ulimits the kernel accepts here, by
 #      setting two keys in /etc/containers/containers.conf and leaving every
 #      other setting of that file untouched:
@@ -20,7 +21,7 @@
 set -euo pipefail
 
 CONF=${GPUFLEET_CONTAINERS_CONF:-/etc/containers/containers.conf}
-PACKAGES=(podman runc debootstrap systemd prometheus)
+PACKAGES=(podman runc debootstrap systemd prometheus openssh-client)
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "install-host.sh: run as root (apt-get and $CONF need it)" >&2
