@@ -230,17 +230,18 @@ def routes(apps: list, plan: dict, router: str = APP_NAME, cap_wait_s: float = D
     capacity = {s["name"]: s["replicas"]["max"] for s in vllm_services(plan)}
     idle = {s["name"]: s["idle_unload_s"] for s in vllm_services(plan) if "idle_unload_s" in s}
     models: dict = {}
+    services: dict = {}  # model name -> the services answering to it
     for app in apps:
         service = service_of_app(app["name"], router)
         llm = app["args"]["llm_config"]
+        services.setdefault(llm["model_loading_config"]["model_id"], []).append(service)
         models.setdefault(llm["model_loading_config"]["model_id"], []).append({
             "app": app["name"], "deployment": LLM_DEPLOYMENT_PREFIX + service,
             # a copy: the router reads its model card (context length, modality) from it
             "weight": int(capacity.get(service, 1)), "llm_config": copy.deepcopy(llm),
         })
-    on_demand = {model: max(idle[m["deployment"][len(LLM_DEPLOYMENT_PREFIX):]] for m in members)
-                 for model, members in models.items()
-                 if all(m["deployment"][len(LLM_DEPLOYMENT_PREFIX):] in idle for m in members)}
+    on_demand = {model: max(idle[s] for s in names) for model, names in services.items()
+                 if all(s in idle for s in names)}
     if not on_demand:
         return {"models": models}
     return {"models": models, "on_demand": {"models": on_demand, "max_loaded": plan.get("max_loaded_models"),

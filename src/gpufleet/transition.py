@@ -120,16 +120,17 @@ def plan_transition(before: dict | None, after: dict, options: dict | None = Non
     new_apps = {a["name"]: a for a in target["applications"] if sc.service_of_app(a["name"], router)}
     old_router = next((a for a in deployed.get("applications") or [] if a["name"] == router), None)
 
-    def members(config_apps: dict, plan: dict) -> dict:
-        return {m["app"]: (model, m) for model, ms in sc.routes(list(config_apps.values()), plan or {}, router)
-                ["models"].items() for m in ms}
+    cap_wait_s = sc._options(options)["loaded_cap_wait_s"]
+    old_table = sc.routes(list(old_apps.values()), before or {}, router, cap_wait_s)
+    new_table = sc.routes(list(new_apps.values()), after, router, cap_wait_s)
 
-    member = {**members(old_apps, before or {}), **members(new_apps, after)}
+    def members(table: dict) -> dict:
+        return {m["app"]: (model, m) for model, ms in table["models"].items() for m in ms}
+
+    member = {**members(old_table), **members(new_table)}
     # Every step's router keeps the cap on loaded models: the target's, else (switching away from a
     # capped strategy) the deployed one's, over the on-demand models each step routes.
-    cap_wait_s = sc._options(options)["loaded_cap_wait_s"]
-    old_on_demand = sc.routes(list(old_apps.values()), before or {}, router, cap_wait_s).get("on_demand") or {}
-    new_on_demand = sc.routes(list(new_apps.values()), after, router, cap_wait_s).get("on_demand") or {}
+    old_on_demand, new_on_demand = old_table.get("on_demand") or {}, new_table.get("on_demand") or {}
     if old_router:  # the deployed router's own entries (weights as deployed)
         for model, ms in ((old_router["deployments"][0].get("user_config") or {}).get("models") or {}).items():
             for m in ms:
