@@ -1,7 +1,8 @@
 """Drive the router (GpufleetIngress of templates/gpufleet_serve_app.py.j2) with ray.serve.llm's
 own call of the model deployments replaced by scripted outcomes and Serve's replica table
 (serve.status) by scripted states, and print what each case gave, as JSON: the retry before the
-first chunk, the cap on loaded on-demand models, /health, /stats and /v1/models.
+first chunk, the cap on loaded on-demand models, /health, /stats and /v1/models, routing by content
+(with the embedding model's call scripted too: a vector per marker word) and fallbacks.
 
     python tests/router_probe.py
 
@@ -58,6 +59,8 @@ def run_case(module, members: int, script: list) -> dict:
 
     router = module.GpufleetIngress()
     router._routes = {"m": [(f"handle-{i}", 1) for i in range(members)]}
+    router._members = {"m": [("app.m", f"LLMServer:m-{i}") for i in range(members)]}
+    scripted_status(module, [{}], 60)  # Serve's table, with no replica of any member in it
 
     class Body:
         model = "m"
@@ -78,6 +81,43 @@ def run_case(module, members: int, script: list) -> dict:
     finally:
         OpenAiIngress._get_response = original
     return {"calls": calls, "picked": picked, "result": result}
+
+
+def run_restarting_member_case(module) -> dict:
+    """Two deployments of one model; Serve's table shows the first with its replica restarting
+    (STARTING) and the second RUNNING: which handles 20 requests are sent to."""
+    from types import SimpleNamespace
+
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    picked = []
+
+    async def parent(self, **kwargs):
+        picked.append(self._get_configured_serve_handle(kwargs["body"].model))
+        yield "chunk"
+
+    module.serve.status = lambda: SimpleNamespace(applications={"app.m": SimpleNamespace(deployments={
+        "LLMServer:m-0": SimpleNamespace(replica_states={"STARTING": 1}),
+        "LLMServer:m-1": SimpleNamespace(replica_states={"RUNNING": 1})})})
+    router = module.GpufleetIngress()
+    router._routes = {"m": [("handle-0", 1), ("handle-1", 1)]}
+    router._members = {"m": [("app.m", "LLMServer:m-0"), ("app.m", "LLMServer:m-1")]}
+
+    class Body:
+        model = "m"
+
+    async def twenty():
+        for _ in range(20):
+            async for _ in router._get_response(body=Body(), call_method="chat"):
+                pass
+
+    original = OpenAiIngress._get_response
+    OpenAiIngress._get_response = parent
+    try:
+        asyncio.run(asyncio.wait_for(twenty(), 10))
+    finally:
+        OpenAiIngress._get_response = original
+    return {"restarting member: picked": sorted(set(picked)), "restarting member: requests": len(picked)}
 
 
 def scripted_status(module, tables: list, every_s: float):
@@ -190,6 +230,122 @@ def run_cap_cases(module) -> dict:
         OpenAiIngress._get_response = original
 
 
+# The scripted embedding model: one dimension per marker word, counted in the text.
+MARKERS = ("python", "hello", "translate", "picture")
+
+
+def embedding_of(text: str) -> list:
+    words = text.lower().split()
+    return [float(sum(w.strip(".,?!") == m for w in words)) for m in MARKERS] + [0.1]
+
+
+def routing_router(module, table: dict, statuses: dict):
+    """A router over models code, chat, polyglot, vision and embed (every one RUNNING unless statuses says
+    otherwise), with the routing table `table` (the `routing` of the router's user_config)."""
+    from ray.llm._internal.serve.core.configs.openai_api_models import ModelCard
+
+    models = ["code", "chat", "polyglot", "vision", "embed"]
+    scripted_status(module, [{m: statuses.get(m, {"RUNNING": 1}) for m in models}], 60)
+    router = module.GpufleetIngress()
+    router._routes = {m: [(f"handle-{m}", 1)] for m in models}
+    router._members = {m: [(f"app.{m}", f"LLMServer:{m}")] for m in models}
+    router._model_cards = {m: ModelCard(id=m, object="model", owned_by="gpufleet", permission=[], metadata={})
+                           for m in models}
+    router._route_info = table.get("models") or {}
+    router._by_content = table if table.get("domains") else None
+    return router
+
+
+ROUTING = {
+    "embedding_model": "embed", "default_model": "chat", "min_score": 0.5,
+    "domains": {"coding": ["python python"], "general": ["hello"], "multilingual": ["translate"],
+                "multimodal": ["picture"]},
+    "models": {"code": {"domain": "coding", "priority": 3, "fallback": ["chat"]},
+               "chat": {"domain": "general", "priority": 5},
+               "polyglot": {"domain": "multilingual", "priority": 1},
+               "vision": {"domain": "multimodal", "priority": 2, "image_input": True}},
+}
+
+
+def run_routing_cases(module) -> dict:
+    """Each case through the guarded /v1/chat/completions endpoint with a real ChatCompletionRequest;
+    the scripted deployments answer "answer from <the body's model>"."""
+    from types import SimpleNamespace
+
+    from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    calls, behaviour = [], {"died": set(), "embed fails": False}
+
+    async def parent(self, **kwargs):
+        body = kwargs["body"]
+        if kwargs["call_method"] == "embeddings":
+            calls.append(f"embed {len(body.input)}")
+            if behaviour["embed fails"]:
+                raise RuntimeError("embedding replica died")
+            yield SimpleNamespace(data=[SimpleNamespace(index=i, embedding=embedding_of(t))
+                                        for i, t in enumerate(body.input)])
+            return
+        calls.append(body.model)
+        if body.model in behaviour["died"]:
+            raise RuntimeError("actor died")
+        yield f"answer from {body.model}"
+
+    def request(text, model=None, image=False):
+        content = [{"type": "text", "text": text}] + (
+            [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}] if image else [])
+        return ChatCompletionRequest(model=model, messages=[
+            {"role": "system", "content": "You are helpful. python python python"},
+            {"role": "user", "content": content}])
+
+    async def chat(router, body):
+        calls.clear()
+        try:
+            response = await router.chat(body, request=None)
+        except Exception as exc:  # what reaches ray.serve.llm's caller (FastAPI turns it into a status)
+            return {"raised": f"{type(exc).__name__} {getattr(exc, 'status_code', '')}".strip(), "calls": list(calls)}
+        chunks = []
+        if hasattr(response, "body_iterator"):
+            async for chunk in response.body_iterator:
+                chunks.append(chunk)
+        return {"status": response.status_code, "answer": "".join(map(str, chunks)), "calls": list(calls)}
+
+    async def cases():
+        out = {}
+        router = routing_router(module, ROUTING, {})
+        out["auto, python text"] = await chat(router, request("Why does my python loop fail?", "auto"))
+        out["no model, hello"] = await chat(router, request("hello there"))
+        out["no model, translate"] = await chat(router, request("Please translate this"))
+        out["below min_score: default"] = await chat(router, request("What is the weather like?"))
+        out["image: only a model that takes images"] = await chat(router, request("python python", image=True))
+        out["named model is not routed"] = await chat(router, request("hello", "polyglot"))
+        tie = {**ROUTING, "domains": {**ROUTING["domains"], "multilingual": ["hello"]}}
+        out["tie: the higher priority"] = await chat(routing_router(module, tie, {}), request("hello"))
+        out["route endpoint"] = await router.route(request("python python code"), request=None)
+        behaviour["embed fails"] = True
+        out["embedding fails: default"] = await chat(routing_router(module, ROUTING, {}), request("python"))
+        behaviour["embed fails"] = False
+        no_vision = {**ROUTING, "models": {k: v for k, v in ROUTING["models"].items() if k != "vision"}}
+        out["image, no model takes images"] = await chat(routing_router(module, no_vision, {}),
+                                                        request("look", image=True))
+        behaviour["died"] = {"code"}
+        out["fallback: code died"] = await chat(routing_router(module, ROUTING, {}), request("x", "code"))
+        behaviour["died"] = set()
+        out["fallback: code has no replica"] = await chat(routing_router(module, ROUTING, {"code": {}}),
+                                                          request("x", "code"))
+        capped = routing_router(module, ROUTING, {"code": {}, "polyglot": {"RUNNING": 1}})
+        capped._on_demand, capped._max_loaded, capped._cap_wait_s = {"code": 20.0, "polyglot": 20.0}, 1, 0.0
+        out["fallback: code held by the cap"] = await chat(capped, request("x", "code"))
+        return out
+
+    original = OpenAiIngress._get_response
+    OpenAiIngress._get_response = parent
+    try:
+        return asyncio.run(asyncio.wait_for(cases(), 60))
+    finally:
+        OpenAiIngress._get_response = original
+
+
 def main() -> int:
     module = load_router()
     cases = {
@@ -200,7 +356,9 @@ def main() -> int:
         "unknown model": (2, ["404", "404", "404"]),
     }
     result = {name: run_case(module, *case) for name, case in cases.items()}
+    result.update(run_restarting_member_case(module))
     result.update(run_cap_cases(module))
+    result.update(run_routing_cases(module))
     print(json.dumps(result))
     return 0
 

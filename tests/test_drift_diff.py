@@ -761,7 +761,7 @@ DIFF_CASES = [
         "medgemma-27b-node0": ("unchanged", [])}),
     ("route renamed", ("sandbox", SANDBOX),
      ("sandbox", "sandbox-route", _set("chat.route.model_name", "smol"), SANDBOX), {
-        "chat": ("resized", ["route smollm2 -> smol"]), "embed": ("unchanged", [])}),
+        "chat": ("resized", ["route.model_name smollm2 -> smol"]), "embed": ("unchanged", [])}),
     ("model source and a size argument", ("sandbox", SANDBOX),
      ("sandbox", "sandbox-source", _both(_set("embed.model_source", "/srv/models/minilm"),
                                          _set("embed.engine_args.max_model_len", 128)), SANDBOX), {
@@ -833,6 +833,8 @@ def test_diff_engine_switch(variants):
         for key in ("engine_args", "replicas", "model_source"):
             s.pop(key, None)
         s.update(model="medgemma-4b-it:q8", engine="ollama", placement={"host": "node-1", "gpus": [0]})
+        s["route"].pop("fallback")  # the router's: an Ollama service has its own port
+        service(data, "medgemma-27b")["route"].pop("fallback")
     after = variants("cxr-worker", "cxr-ollama", to_ollama)
     change, details = next((s["change"], s["details"]) for s in diff_plans(before, after)["services"]
                            if s["name"] == "nv-reason-cxr")
@@ -847,7 +849,8 @@ def test_diff_engine_switch(variants):
         "dtype bfloat16 -> None", "kv_cache_dtype auto -> None", "max_num_seqs 256 -> None",
         "max_num_batched_tokens 2048 -> None",
         "block_size 16 -> None", "context_length None -> 4096", "enforce_eager True -> None",
-        "kv_cache_type None -> f16", "num_parallel None -> 1", "trust_remote_code True -> None"]
+        "kv_cache_type None -> f16", "num_parallel None -> 1", "trust_remote_code True -> None",
+        "route.fallback ['medgemma-27b'] -> None", "route.image_input True -> None"]
     assert not any(d.startswith("bundles") for d in details)
 
 

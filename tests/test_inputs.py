@@ -127,7 +127,7 @@ SCHEMA_CASES = {
                               "placement": {"host": "node-0"}}], "services[o].placement", "needs host and gpus"),
     "ollama with replicas": ([{**ollama(), "replicas": 2}], "services[o].replicas", "replicas must be 1"),
     "ollama repeated gpu": ([ollama(gpus=(1, 1))], "services[o].placement.gpus", "repeats an index"),
-    "route not a mapping": ([vllm(route="chat")], "services[m].route", "must be {model_name: NAME}"),
+    "route not a mapping": ([vllm(route="chat")], "services[m].route", "must be a mapping of model_name"),
     "duplicate names": ([vllm(), vllm()], "services[m].name", "is used twice"),
     "no services": ([], "services", "must be a non-empty list"),
     "unknown dtype": ([vllm(engine_args={"dtype": "int3"})], "services[m].engine_args.dtype",

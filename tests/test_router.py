@@ -97,3 +97,53 @@ def test_an_unreadable_replica_table_holds_nothing_back_and_health_says_so(cases
     assert cases["table unreadable: request"] == 200
     assert cases["table unreadable: health"] == 503
     assert cases["table unreadable: models"] == ["a", "b"]
+
+
+# ---- routing by content and fallbacks (the embedding model scripted: router_probe.MARKERS) ----------
+def answered_by(case) -> str:
+    return case["answer"].split("data:")[0].removeprefix("answer from ")
+
+
+def test_a_request_without_a_model_goes_to_the_domain_nearest_its_last_user_text(cases):
+    # the system message says "python" three times: only the last user message is scored
+    assert answered_by(cases["auto, python text"]) == "code"
+    assert answered_by(cases["no model, hello"]) == "chat"
+    assert answered_by(cases["no model, translate"]) == "polyglot"
+    # the domains' examples are embedded once (4 examples in one call), then one call per request
+    assert cases["auto, python text"]["calls"] == ["embed 4", "embed 1", "code"]
+    assert cases["no model, hello"]["calls"] == ["embed 1", "chat"]
+
+
+def test_below_min_score_or_unscored_the_default_model_answers(cases):
+    assert answered_by(cases["below min_score: default"]) == "chat"
+    assert answered_by(cases["embedding fails: default"]) == "chat"
+
+
+def test_a_tie_goes_to_the_higher_priority_and_a_named_model_is_not_routed(cases):
+    assert answered_by(cases["tie: the higher priority"]) == "chat"  # general (5) over multilingual (1)
+    assert cases["named model is not routed"]["calls"] == ["polyglot"]
+
+
+def test_a_request_with_images_goes_only_to_a_model_that_takes_images(cases):
+    assert answered_by(cases["image: only a model that takes images"]) == "vision"
+    assert cases["image, no model takes images"] == {"raised": "HTTPException 400", "calls": []}
+
+
+def test_route_endpoint_names_the_model_with_the_scores(cases):
+    decision = cases["route endpoint"]
+    assert (decision["model"], decision["domain"], decision["images"]) == ("code", "coding", False)
+    assert decision["scores"]["coding"] == 1.0 > max(v for d, v in decision["scores"].items() if d != "coding")
+    assert decision["seconds"] >= 0
+
+
+def test_fallback_when_the_model_fails_has_no_replica_or_is_held_by_the_cap(cases):
+    assert cases["fallback: code died"]["calls"] == ["code", "chat"]
+    assert answered_by(cases["fallback: code died"]) == "chat"
+    assert cases["fallback: code has no replica"]["calls"] == ["chat"]  # not sent where nothing serves it
+    assert cases["fallback: code held by the cap"]["calls"] == ["chat"]
+
+
+def test_a_deployment_whose_replica_is_restarting_gets_no_request_while_another_runs(cases):
+    # fault (a) on the sandbox: requests sent to the restarting one waited for its new engine (~40 s)
+    assert cases["restarting member: picked"] == ["handle-1"]
+    assert cases["restarting member: requests"] == 20

@@ -145,6 +145,12 @@ class Load:
         done = [o.start_s + o.latency_s for o in self.outcomes if o.ok and o.kind in kinds and o.start_s >= moment]
         return min(done) - moment if done else None
 
+    def first_failure_after(self, moment: float) -> float | None:
+        """When the first request that failed after `moment` started (the endpoint going away:
+        `podman restart` stops the old container some seconds after it is called)."""
+        starts = [o.start_s for o in self.outcomes if not o.ok and o.start_s >= moment]
+        return min(starts) if starts else None
+
     def stall_around(self, moment: float) -> float:
         """The gap without a successful completion that contains `moment`."""
         done = sorted(o.start_s + o.latency_s for o in self.outcomes if o.ok)
@@ -297,10 +303,13 @@ def test_fault_c_head_restarts(healthy_sandbox):
             if apply_rc == 0 and clean(data):
                 restored_by, restored_s = "gpufleet apply", load.now() - restart_s
         time.sleep(15)
-    gone_s = load.first_ok_after(restart_s)
-    chat_back_s = load.first_ok_after(restart_s, CHAT_KINDS)
-    embed_back_s = load.first_ok_after(restart_s, ("embed",))
-    stall_s = load.stall_around(restart_s + 1)
+    # measured from the first request that failed: the old head answers for some seconds after the call
+    down_s = load.first_failure_after(restart_s)
+    assert down_s is not None, "no request failed after the restart: the head never went away"
+    gone_s = load.first_ok_after(down_s)
+    chat_back_s = load.first_ok_after(down_s, CHAT_KINDS)
+    embed_back_s = load.first_ok_after(down_s, ("embed",))
+    stall_s = load.stall_around(down_s)
     if restored_by == "ray":
         ray_alone = "restored"
     elif after_ray is None:
@@ -310,8 +319,9 @@ def test_fault_c_head_restarts(healthy_sandbox):
     applied = f" (apply {apply_s:.0f} s, rc {apply_rc})" if apply_s is not None else ""
     print("fault (c) head restarted:", figures(load.summary), f"restart at t={restart_s:.0f} s (podman restart "
           f"{up_s:.0f} s), nodes ALIVE after {fmt(alive_s)}, Ray alone: {ray_alone}, restored by {restored_by} "
-          f"after {fmt(restored_s)}{applied}, endpoint gone {fmt(gone_s)} (first chat {fmt(chat_back_s)}, "
-          f"first embedding {fmt(embed_back_s)}), stall around the restart {stall_s:.0f} s", file=sys.stderr)
+          f"after {fmt(restored_s)}{applied}, first failure {down_s - restart_s:.0f} s after the restart call, "
+          f"endpoint gone {fmt(gone_s)} from it (first chat {fmt(chat_back_s)}, first embedding "
+          f"{fmt(embed_back_s)}), stall around it {stall_s:.0f} s", file=sys.stderr)
     assert apply_rc in (None, 0), apply_out[-3000:]
     assert restored_by is not None, f"not restored: drift {data and data['drift']}"
     assert gone_s is not None, "no successful request after the restart"

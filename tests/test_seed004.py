@@ -139,12 +139,18 @@ def test_cap_two_fits_the_node_and_the_threshold(cap2):
     node = device(cap2)
     assert node["on_demand"]["services"] == {name: round(u * NODE) for name, u in util.items()}
     assert node["on_demand"]["counted"] == ["gemma3-multimodal", "phi4-fast"]   # the two largest
-    worst = (util["gemma3-multimodal"] + util["phi4-fast"]) * NODE
-    assert node["planned_mib"] == worst == 97280
+    # MiniLM, always loaded for routing by content, takes its whole share (0.01) like any vLLM engine
+    worst = (util["gemma3-multimodal"] + util["phi4-fast"] + 0.01) * NODE
+    assert node["planned_mib"] == worst == 98560
     assert worst <= THRESHOLD * NODE == 102400                 # the seed's 80%, for any two loaded
     warm = [s["name"] for s in cap2["services"] if s["replicas"]["initial"] == 1]
-    assert warm == ["phi4-fast", "mistral-balanced"]            # the warm pool of 2
-    assert all(s["replicas"]["min"] == 0 and s["idle_unload_s"] == 300 for s in cap2["services"])
+    assert warm == ["minilm", "phi4-fast", "mistral-balanced"]  # the embedding model and the warm pool of 2
+    experts = [s for s in cap2["services"] if s["name"] != "minilm"]
+    assert all(s["replicas"]["min"] == 0 and s["idle_unload_s"] == 300 for s in experts)
+    assert {s["route"]["model_name"]: (s["route"]["domain"], s["route"]["priority"]) for s in experts} == {
+        "phi4-fast": ("general", 5), "mistral-balanced": ("technical", 4), "qwen-coder": ("coding", 3),
+        "gemma3-multimodal": ("multimodal_expert", 2)}
+    assert cap2["routing"]["embedding_model"] == "minilm" and cap2["routing"]["default_model"] == "phi4-fast"
 
 
 def test_cap_two_kv_cache_per_service(cap2):

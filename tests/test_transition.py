@@ -167,23 +167,18 @@ def test_engines_sharing_a_device_start_one_after_another(tmp_path):
     assert len(starts[0]["expected_apps"]) == 2 and len(starts[1]["expected_apps"]) == 3
 
 
-def test_every_step_keeps_the_cap_on_loaded_models(plans, tmp_path):
+def test_every_step_keeps_the_cap_on_loaded_models(plans):
     """Switching to a strategy with on-demand services under max_loaded_models: every step's router
     table holds the cap over the on-demand models it routes (the router would drop the cap for the
     steps' duration otherwise), and the last step is exactly the new plan's config."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_sandbox_on_demand import LAZY
-
-    (tmp_path / "sandbox-lazy.yml").write_text(LAZY)
-    after = with_cpus(plan_from_inventory(SANDBOX, "sandbox-lazy", str(tmp_path)), 4)
-    data = transition.plan_transition(with_cpus(plans["sandbox"], 4), after)
+    after = with_cpus(plan_from_inventory(SANDBOX, "sandbox-routed"), 6)
+    data = transition.plan_transition(with_cpus(plans["sandbox"], 6), after)
     tables = [next(a for a in s["config"]["applications"] if a["name"] == sc.APP_NAME)["deployments"][0]["user_config"]
               for s in data["steps"] if s["config"]["applications"]]
-    routing_lazy = [t for t in tables if {"smollm2-lazy", "smollm2-lazy-2"} & set(t["models"])]
+    on_demand = {"smollm2-coder", "smollm2-technical", "smollm2-multilingual", "smollm2-multimodal"}
+    routing_lazy = [t for t in tables if on_demand & set(t["models"])]
     assert routing_lazy, data["steps"]
     for table in routing_lazy:
-        lazy = {m for m in ("smollm2-lazy", "smollm2-lazy-2") if m in table["models"]}
-        assert set(table["on_demand"]["models"]) == lazy and table["on_demand"]["max_loaded"] == 1, table
+        lazy = on_demand & set(table["models"])
+        assert set(table["on_demand"]["models"]) == lazy and table["on_demand"]["max_loaded"] == 2, table
     assert data["steps"][-1]["config"] == sc.build_serve_config(after)

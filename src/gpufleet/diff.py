@@ -63,9 +63,10 @@ def _resizes(before: dict, after: dict) -> list:
     other = sorted(k for k in set(b_args) | set(a_args) if k not in _SIZE_ARGS)
     resized += [f"{key} {b_args.get(key)} -> {a_args.get(key)}" for key in (*_SIZE_ARGS, *other)
                 if b_args.get(key) != a_args.get(key)]
-    if (before.get("route") or {}) != (after.get("route") or {}):
-        resized.append(f"route {(before.get('route') or {}).get('model_name')} -> "
-                       f"{(after.get('route') or {}).get('model_name')}")
+    b_route, a_route = before.get("route") or {}, after.get("route") or {}
+    resized += [f"route.{key} {b_route.get(key)} -> {a_route.get(key)}"
+                for key in ("model_name", "domain", "priority", "fallback", "image_input")
+                if b_route.get(key) != a_route.get(key)]
     b_listen, a_listen = (before.get("ollama") or {}).get("listen"), (after.get("ollama") or {}).get("listen")
     if b_listen and a_listen and b_listen != a_listen:  # an Ollama server's port: its unit and its clients change
         resized.append(f"listen {b_listen} -> {a_listen}")

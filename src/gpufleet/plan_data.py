@@ -10,13 +10,35 @@ def nodes_to_list(cluster) -> list:
             for n in cluster.nodes]
 
 
+def _route(sp) -> dict:
+    """The service's route; domain, priority, fallback and image_input (the catalog's model has a
+    vision tower) only where set, so plans without routing by content read as before."""
+    s = sp.service
+    route = {"model_name": s.model_name}
+    if s.domain:
+        route.update(domain=s.domain, priority=s.priority)
+    if s.fallback:
+        route["fallback"] = list(s.fallback)
+    if sp.model is not None and sp.model.vision_hidden_size:
+        route["image_input"] = True
+    return route
+
+
+def _routing(routing) -> dict:
+    if routing is None:
+        return {}
+    return {"routing": {"embedding_model": routing.embedding_model, "default_model": routing.default_model,
+                        "min_score": routing.min_score,
+                        "domains": {d: list(examples) for d, examples in routing.domains.items()}}}
+
+
 def _service(sp) -> dict:
     s = sp.service
     vllm = s.engine == "vllm" and sp.model is not None
     return {
         "name": s.name, "model": s.model, "engine": s.engine,
         "model_source": s.model_source or s.model,
-        "route": {"model_name": s.model_name},
+        "route": _route(sp),
         "engine_args": dict(sp.engine_args),
         "replicas": {"min": s.replicas.min, "max": sp.planned_max,
                      "initial": min(s.replicas.initial, sp.planned_max),
@@ -59,4 +81,5 @@ def plan_to_dict(plan) -> dict:
                                    "parts": a.parts} for a in d.allocations], **_on_demand(d)}
                  for d in plan.devices],
         **({"max_loaded_models": cap} if cap else {}),
+        **_routing(plan.strategy.routing),
     }

@@ -683,6 +683,15 @@ class _Planner:
                 self.error("invalid_field", f"route model_name {model_name!r} is shared by different models "
                            f"({', '.join(sorted(models))}); shared names load-balance between identical models only",
                            "give each model its own route.model_name", field="services[*].route.model_name")
+        routing = self.strategy.routing
+        if routing:
+            embedders = [sp for sp in plans if sp.service.model_name == routing.embedding_model]
+            if any(sp.model is not None and sp.model.runner != "pooling" for sp in embedders):
+                self.error("invalid_field", f"routing.embedding_model {routing.embedding_model!r} is served by "
+                           f"{embedders[0].service.model}, which the catalog lists as runner "
+                           f"{embedders[0].model.runner!r}, not an embedding model",
+                           "name the route.model_name of an embedding service (catalog runner: pooling)",
+                           field="routing.embedding_model")
         for sp in plans:
             if sp.service.engine == "ollama" and not sp.blocked:
                 self.place_ollama(sp)

@@ -148,12 +148,19 @@ def _service() -> dict:
         "engine_args": {"type": ["object", "null"]},
         "replicas": _replicas(),
         "placement": _placement(),
-        "route": {"type": ["object", "null"], "additionalProperties": False,
-                  "properties": {"model_name": {"type": "string", "pattern": pattern(st.ROUTE_RE)}}},
+        "route": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+            "model_name": {"type": "string", "pattern": pattern(st.ROUTE_RE), "not": {"const": st.AUTO_MODEL}},
+            "domain": {"type": ["string", "null"], "pattern": pattern(st.DOMAIN_RE),
+                       "description": "a key of routing.domains: requests without a model that fit it come here"},
+            "priority": {"type": "integer", "minimum": 0, "maximum": st.MAX_PRIORITY,
+                         "description": "the higher wins when services fit a prompt alike"},
+            "fallback": {"type": ["array", "null"], "uniqueItems": True,
+                         "items": {"type": "string", "pattern": pattern(st.ROUTE_RE)},
+                         "description": "model names tried in order when this one cannot take a request"}}},
         "model_source": {**TEXT, "type": ["string", "null"], "minLength": 1,
                          "description": "a path on the nodes or a hub id"},
     }
-    assert set(properties) == st.SERVICE_KEYS and st.ROUTE_KEYS == ("model_name",)
+    assert set(properties) == st.SERVICE_KEYS and set(properties["route"]["properties"]) == set(st.ROUTE_KEYS)
     return {
         "type": "object", "additionalProperties": False, "required": ["name", "model", "engine"],
         "properties": {key: properties[key] for key in sorted(st.SERVICE_KEYS)},
@@ -180,6 +187,18 @@ def strategy_schema() -> dict:
                      "items": {"$ref": "#/$defs/service"}},
         "max_loaded_models": {"type": "integer", "minimum": 1, "maximum": st.MAX_SERVICES,
                               "description": "at most this many services with replicas.min 0 loaded at once"},
+        "routing": {"type": ["object", "null"], "additionalProperties": False,
+                    "required": ["embedding_model", "default_model", "domains"],
+                    "description": "routing by content of requests without a model (README.md)",
+                    "properties": {
+                        "embedding_model": {"type": "string", "pattern": pattern(st.ROUTE_RE)},
+                        "default_model": {"type": "string", "pattern": pattern(st.ROUTE_RE)},
+                        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+                        "domains": {"type": "object", "minProperties": 1,
+                                    "propertyNames": {"pattern": pattern(st.DOMAIN_RE)},
+                                    "additionalProperties": {"type": "array", "minItems": 1,
+                                                             "maxItems": st.MAX_EXAMPLES,
+                                                             "items": {"type": "string", "minLength": 1}}}}},
     }
     assert set(properties) == set(st.STRATEGY_KEYS)
     return {

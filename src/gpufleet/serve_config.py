@@ -242,10 +242,29 @@ def routes(apps: list, plan: dict, router: str = APP_NAME, cap_wait_s: float = D
         })
     on_demand = {model: max(idle[s] for s in names) for model, names in services.items()
                  if all(s in idle for s in names)}
-    if not on_demand:
-        return {"models": models}
-    return {"models": models, "on_demand": {"models": on_demand, "max_loaded": plan.get("max_loaded_models"),
-                                            "wait_s": float(cap_wait_s)}}
+    table: dict = {"models": models}
+    if on_demand:
+        table["on_demand"] = {"models": on_demand, "max_loaded": plan.get("max_loaded_models"),
+                              "wait_s": float(cap_wait_s)}
+    routing = _routing(plan, models)
+    if routing:
+        table["routing"] = routing
+    return table
+
+
+def _routing(plan: dict, models: dict) -> dict:
+    """The router's routing by content and fallbacks: the plan's routing, and per model name its
+    domain, priority, fallbacks and whether it takes images. Empty when the plan has neither
+    routing nor a fallback (services sharing a model name share their route: gpufleet.strategy)."""
+    info = {}
+    for service in vllm_services(plan):
+        route = service["route"]
+        if route["model_name"] in models:
+            info[route["model_name"]] = {key: route[key] for key in ("domain", "priority", "fallback", "image_input")
+                                         if key in route}
+    if not plan.get("routing") and not any(i.get("fallback") for i in info.values()):
+        return {}
+    return {**copy.deepcopy(plan.get("routing") or {}), "models": {m: i for m, i in info.items() if i}}
 
 
 def router_app(user_config: dict, options: dict | None = None) -> dict:

@@ -67,14 +67,20 @@ OLLAMA_DURATION_RE = re.compile(r"-?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h
 SERVICE_KEYS = {"name", "model", "engine", "engine_args", "replicas", "placement", "route", "model_source"}
 # The tables below (and the ones above) are the strategy schema: the checks here read them, and
 # gpufleet.schema exports them as JSON Schema (`gpufleet schema strategy`).
-STRATEGY_KEYS = ("name", "description", "services", "max_loaded_models")
+STRATEGY_KEYS = ("name", "description", "services", "max_loaded_models", "routing")
 ENGINES = ("vllm", "ollama")
 REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests", "idle_unload_s")
 # A service with replicas.min 0 loads on its first request and unloads after idle_unload_s without one.
 DEFAULT_IDLE_UNLOAD_S = 300
 MAX_IDLE_UNLOAD_S = 7 * 24 * 3600
 PLACEMENT_KEYS = ("label_selector", "host", "gpus")
-ROUTE_KEYS = ("model_name",)
+ROUTE_KEYS = ("model_name", "domain", "priority", "fallback")
+# Routing by content: a request without a model (or with model "auto") goes to the service whose
+# domain's example prompts are nearest to its text (embedding cosine similarity).
+ROUTING_KEYS = ("embedding_model", "default_model", "min_score", "domains")
+AUTO_MODEL = "auto"
+MAX_PRIORITY = 100
+MAX_EXAMPLES = 64  # per domain: the router embeds them all once
 # engine arguments that must be >= 1 (either engine)
 POSITIVE_ARGS = ("tensor_parallel_size", "max_model_len", "max_num_batched_tokens", "max_num_seqs",
                  "context_length", "num_parallel")
@@ -82,6 +88,7 @@ FLOAT_LIMIT = 1e18  # |float| below this: nan, inf, or a number no setting means
 INT_LIMIT = 2**53   # |int| below this
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")  # no text value may hold one (a newline, an escape)
 MODALITY_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+DOMAIN_RE = MODALITY_RE  # the same shape: a short lowercase word
 MM_LIMIT = 2**31
 
 
@@ -111,6 +118,9 @@ class Service:
     gpus: tuple | None = None
     model_name: str = ""
     model_source: str | None = None
+    domain: str | None = None
+    priority: int = 0  # breaks ties between services that fit a prompt alike: the higher wins
+    fallback: tuple = ()  # model names tried in order when this one cannot take a request
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,15 @@ class Strategy:
     file: str
     # at most this many services with replicas.min 0 hold their model at once (None: no cap)
     max_loaded_models: int | None = None
+    routing: Routing | None = None
+
+
+@dataclass(frozen=True)
+class Routing:
+    embedding_model: str  # the route.model_name of an embedding service of the strategy
+    default_model: str    # answers a prompt no domain fits (min_score) or that cannot be scored
+    min_score: float
+    domains: dict         # domain -> tuple of example prompts
 
 
 def strategies_dir(override: str | None = None) -> Path:
@@ -328,20 +347,42 @@ def _service(raw, index, file) -> Service:
             _fail(file, f"{where}.replicas", "an Ollama service is one systemd unit: replicas must be 1",
                   "add another service for another host")
     route = raw.get("route") or {}
-    model_name = route.get("model_name", name) if isinstance(route, dict) else None
-    if not isinstance(model_name, str) or not model_name or set(route) - set(ROUTE_KEYS):
-        _fail(file, f"{where}.route", f"must be {{model_name: NAME}}, got {_short(route)}",
+    if not isinstance(route, dict) or set(route) - set(ROUTE_KEYS):
+        _fail(file, f"{where}.route", f"must be a mapping of {', '.join(ROUTE_KEYS)}, got {_short(route)}",
               "write route: {model_name: medgemma-27b}")
-    if not ROUTE_RE.fullmatch(model_name):
-        _fail(file, f"{where}.route.model_name", f"must be 1-128 of [A-Za-z0-9._:/-], alphanumeric at both ends; "
-              f"got {_short(model_name)}", "for example medgemma-27b")
+    model_name = route.get("model_name", name)
+    if not isinstance(model_name, str) or not model_name:
+        _fail(file, f"{where}.route.model_name", f"must be a model name, got {_short(model_name)}",
+              "write route: {model_name: medgemma-27b}")
+    if not ROUTE_RE.fullmatch(model_name) or model_name == AUTO_MODEL:
+        _fail(file, f"{where}.route.model_name", f"must be 1-128 of [A-Za-z0-9._:/-], alphanumeric at both ends, "
+              f"and not {AUTO_MODEL!r} (it asks the router to choose); got {_short(model_name)}",
+              "for example medgemma-27b")
+    domain = route.get("domain")
+    if domain is not None and (not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain)):
+        _fail(file, f"{where}.route.domain", f"must be a domain name of routing.domains, got {_short(domain)}",
+              "for example coding")
+    priority = _typed(route.get("priority", 0), int, file, f"{where}.route.priority")
+    if not 0 <= priority <= MAX_PRIORITY:
+        _fail(file, f"{where}.route.priority", f"must be 0..{MAX_PRIORITY}, got {priority}",
+              "the higher wins a tie, for example 5")
+    fallback = route.get("fallback") or []
+    if not isinstance(fallback, list) or not all(isinstance(f, str) and ROUTE_RE.fullmatch(f) for f in fallback):
+        _fail(file, f"{where}.route.fallback", f"must be a list of model names, got {_short(fallback)}",
+              "for example [medgemma-27b]")
+    if model_name in fallback or len(set(fallback)) != len(fallback):
+        _fail(file, f"{where}.route.fallback", f"names {model_name!r} itself or a model twice: {fallback}",
+              "list each other model once")
+    if engine == "ollama" and (domain or fallback):
+        _fail(file, f"{where}.route", "domain and fallback are the Serve router's; an Ollama service has its own port",
+              "drop route.domain and route.fallback from this service")
     source = raw.get("model_source")
     if source is not None and (not isinstance(source, str) or not source):
         _fail(file, f"{where}.model_source", f"must be a path on the nodes or a hub id, got {_short(source)}",
               "for example /var/lib/gpufleet/models/smollm2-135m-instruct")
     _text(source, file, f"{where}.model_source", "a path or hub id")
     return Service(name, model, engine, args, replicas, dict(selector), host,
-                   tuple(gpus) if gpus is not None else None, model_name, source)
+                   tuple(gpus) if gpus is not None else None, model_name, source, domain, priority, tuple(fallback))
 
 
 def parse_strategy(data, file: str, expected_name: str | None = None) -> Strategy:
@@ -394,7 +435,65 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
                       f"{service.model_name!r} is also served by {', '.join(sharing)}: under max_loaded_models "
                       "each on-demand service answers to a name of its own (the endpoint counts loaded models by name)",
                       f"give {service.name} its own route: {{model_name: ...}}, or drop max_loaded_models")
-    return Strategy(name, description.strip(), services, file, cap)
+    served = {s.model_name for s in services if s.engine == "vllm"}
+    for service in services:
+        twin = next((s for s in services if s.model_name == service.model_name and s is not service), None)
+        if twin and (twin.domain, twin.priority, twin.fallback) != (service.domain, service.priority, service.fallback):
+            _fail(file, f"services[{service.name}].route", f"answers to {service.model_name!r} like {twin.name} "
+                  "but with another domain, priority or fallback (the router routes by model name)",
+                  f"give both the same route, or {service.name} its own model_name")
+        unknown = [f for f in service.fallback if f not in served]
+        if unknown:
+            _fail(file, f"services[{service.name}].route.fallback", f"{unknown[0]!r} is not the model_name of a "
+                  "vLLM service of this strategy", f"use one of: {', '.join(sorted(served))}")
+    routing = _routing(data.get("routing"), services, file)
+    return Strategy(name, description.strip(), services, file, cap, routing)
+
+
+def _routing(raw, services, file) -> Routing | None:
+    domains_used = {s.domain: s.name for s in services if s.domain}
+    if raw is None:
+        if domains_used:
+            domain, service = next(iter(domains_used.items()))
+            _fail(file, f"services[{service}].route.domain", f"domain {domain!r} needs routing.domains",
+                  "add routing: {embedding_model: ..., default_model: ..., domains: {NAME: [example prompts]}}")
+        return None
+    if not isinstance(raw, dict) or set(raw) - set(ROUTING_KEYS):
+        _fail(file, "routing", f"must be a mapping of {', '.join(ROUTING_KEYS)}, got {_short(raw)}",
+              "see README.md, Routing by content")
+    served = {s.model_name for s in services if s.engine == "vllm"}
+    for key in ("embedding_model", "default_model"):
+        value = raw.get(key)
+        if not isinstance(value, str) or value not in served:
+            _fail(file, f"routing.{key}", f"must be the model_name of a vLLM service of this strategy, got "
+                  f"{_short(value)}", f"use one of: {', '.join(sorted(served))}")
+    min_score = _typed(raw.get("min_score", 0.0), float, file, "routing.min_score")
+    if not -1 <= min_score <= 1:
+        _fail(file, "routing.min_score", f"is a cosine similarity, -1..1, got {min_score}", "for example 0.3")
+    domains = raw.get("domains")
+    if not isinstance(domains, dict) or not domains:
+        _fail(file, "routing.domains", f"must map each domain to example prompts, got {_short(domains)}",
+              "for example domains: {coding: [Fix this Python traceback]}")
+    for domain, service in domains_used.items():
+        if domain not in domains:
+            _fail(file, f"services[{service}].route.domain", f"{domain!r} is not in routing.domains",
+                  f"use one of: {', '.join(map(str, domains))}")
+    parsed = {}
+    for domain, examples in domains.items():
+        where = f"routing.domains.{domain}"
+        if not isinstance(domain, str) or not DOMAIN_RE.fullmatch(domain):
+            _fail(file, where, f"{_short(domain)} is not a domain name (1-32 of a-z, 0-9, _)", "for example coding")
+        if not isinstance(examples, list) or not 1 <= len(examples) <= MAX_EXAMPLES or not all(
+                isinstance(e, str) and e.strip() for e in examples):
+            _fail(file, where, f"must be a list of 1..{MAX_EXAMPLES} example prompts, got {_short(examples)}",
+                  "write a few prompts this domain's model should answer")
+        for i, example in enumerate(examples):
+            _text(example, file, f"{where}[{i}]")
+        if domain not in domains_used:
+            _fail(file, where, "no service has this domain", f"set route: {{domain: {domain}}} on a service, "
+                  "or drop the domain")
+        parsed[domain] = tuple(e.strip() for e in examples)
+    return Routing(raw["embedding_model"], raw["default_model"], min_score, parsed)
 
 
 def load_strategy(name: str, directory: str | None = None) -> Strategy:
