@@ -84,40 +84,50 @@ def run_case(module, members: int, script: list) -> dict:
 
 
 def run_restarting_member_case(module) -> dict:
-    """Two deployments of one model; Serve's table shows the first with its replica restarting
-    (STARTING) and the second RUNNING: which handles 20 requests are sent to."""
+    """Two deployments of one model and Serve's table showing them in given states: which handles 40
+    requests are sent to; "died" makes handle-0 fail before its first chunk."""
     from types import SimpleNamespace
 
     from ray.serve.llm.ingress import OpenAiIngress
 
-    picked = []
+    def case(states: list, died: bool = False) -> dict:
+        picked, outcomes = [], []
 
-    async def parent(self, **kwargs):
-        picked.append(self._get_configured_serve_handle(kwargs["body"].model))
-        yield "chunk"
+        async def parent(self, **kwargs):
+            handle = self._get_configured_serve_handle(kwargs["body"].model)
+            picked.append(handle)
+            if died and handle == "handle-0":
+                raise RuntimeError("actor died")
+            yield "chunk"
 
-    module.serve.status = lambda: SimpleNamespace(applications={"app.m": SimpleNamespace(deployments={
-        "LLMServer:m-0": SimpleNamespace(replica_states={"STARTING": 1}),
-        "LLMServer:m-1": SimpleNamespace(replica_states={"RUNNING": 1})})})
-    router = module.GpufleetIngress()
-    router._routes = {"m": [("handle-0", 1), ("handle-1", 1)]}
-    router._members = {"m": [("app.m", "LLMServer:m-0"), ("app.m", "LLMServer:m-1")]}
+        module.serve.status = lambda: SimpleNamespace(applications={"app.m": SimpleNamespace(deployments={
+            f"LLMServer:m-{i}": SimpleNamespace(replica_states=dict(st)) for i, st in enumerate(states)})})
+        router = module.GpufleetIngress()
+        router._routes = {"m": [("handle-0", 1), ("handle-1", 1)]}
+        router._members = {"m": [("app.m", "LLMServer:m-0"), ("app.m", "LLMServer:m-1")]}
 
-    class Body:
-        model = "m"
+        class Body:
+            model = "m"
 
-    async def twenty():
-        for _ in range(20):
-            async for _ in router._get_response(body=Body(), call_method="chat"):
-                pass
+        async def forty():
+            for _ in range(40):
+                try:
+                    async for chunk in router._get_response(body=Body(), call_method="chat"):
+                        outcomes.append(chunk)
+                except Exception as exc:
+                    outcomes.append(type(exc).__name__)
 
-    original = OpenAiIngress._get_response
-    OpenAiIngress._get_response = parent
-    try:
-        asyncio.run(asyncio.wait_for(twenty(), 10))
-    finally:
-        OpenAiIngress._get_response = original
-    return {"restarting member: picked": sorted(set(picked)), "restarting member: requests": len(picked)}
+        original = OpenAiIngress._get_response
+        OpenAiIngress._get_response = parent
+        try:
+            asyncio.run(asyncio.wait_for(forty(), 10))
+        finally:
+            OpenAiIngress._get_response = original
+        return {"picked": sorted(set(picked)), "outcomes": sorted(set(outcomes)), "answered": outcomes.count("chunk")}
+
+    return {"restarting member": case([{"STARTING": 1}, {"RUNNING": 1}]),
+            "member scaled to zero": case([{}, {"RUNNING": 1}]),
+            "running member died, other restarting": case([{"RUNNING": 1}, {"STARTING": 1}], died=True)}
 
 
 def scripted_status(module, tables: list, every_s: float):
@@ -287,7 +297,7 @@ def run_routing_cases(module) -> dict:
                                         for i, t in enumerate(body.input)])
             return
         calls.append(body.model)
-        if body.model in behaviour["died"]:
+        if body.model.split(":")[0] in behaviour["died"]:  # a LoRA-style id runs on its base model
             raise RuntimeError("actor died")
         yield f"answer from {body.model}"
 
@@ -334,8 +344,24 @@ def run_routing_cases(module) -> dict:
         out["fallback: code has no replica"] = await chat(routing_router(module, ROUTING, {"code": {}}),
                                                           request("x", "code"))
         capped = routing_router(module, ROUTING, {"code": {}, "polyglot": {"RUNNING": 1}})
-        capped._on_demand, capped._max_loaded, capped._cap_wait_s = {"code": 20.0, "polyglot": 20.0}, 1, 0.0
+        capped._on_demand, capped._max_loaded, capped._cap_wait_s = {"code": 20.0, "polyglot": 20.0}, 1, 30.0
+        started = time.monotonic()
         out["fallback: code held by the cap"] = await chat(capped, request("x", "code"))
+        out["fallback: code held by the cap"]["seconds"] = round(time.monotonic() - started, 1)
+        behaviour["died"] = {"code"}
+        router = routing_router(module, ROUTING, {})
+        out["no fallback: a LoRA id"] = await chat(router, request("x", "code:adapter"))
+        calls.clear()
+        try:
+            async for _ in router._get_response(body=request("x", "code"), call_method="tokenize"):
+                pass
+            out["no fallback: tokenize"] = {"calls": list(calls)}
+        except Exception as exc:
+            out["no fallback: tokenize"] = {"raised": type(exc).__name__, "calls": list(calls)}
+        behaviour["died"] = set()
+        untyped = ChatCompletionRequest(model=None, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "python python"}, {"image_url": {"url": "data:image/png;base64,AA=="}}]}])
+        out["image part without a type"] = await chat(routing_router(module, ROUTING, {}), untyped)
         return out
 
     original = OpenAiIngress._get_response

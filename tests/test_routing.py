@@ -5,6 +5,8 @@ The router's use of them is tests/test_router.py; against the real MiniLM on the
 tests/test_sandbox_on_demand.py."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from gpufleet import serve_config
@@ -37,7 +39,7 @@ ROUTING = {"embedding_model": "minilm", "default_model": "general", "min_score":
 
 def services() -> list:
     return [chat("coder", domain="coding", priority=3, fallback=["general"]),
-            chat("general", domain="general", priority=5), EMBED]
+            chat("general", domain="general", priority=5), copy.deepcopy(EMBED)]
 
 
 def refused(data: dict) -> InputError:
@@ -65,6 +67,11 @@ def refused(data: dict) -> InputError:
     (lambda d: d["services"][0]["route"].update(fallback="general"), "services[coder].route.fallback", "a list"),
     (lambda d: d["services"][0]["route"].update(model_name="auto"), "services[coder].route.model_name", "'auto'"),
     (lambda d: d.pop("routing"), "services[coder].route.domain", "needs routing.domains"),
+    (lambda d: d["services"][1]["route"].pop("domain"), "services[general].route.priority", "needs route.domain"),
+    (lambda d: d["services"][0]["route"].update(fallback=""), "services[coder].route.fallback", "a list"),
+    (lambda d: d["services"][0]["route"].update(fallback=["auto"]), "services[coder].route.fallback", "a list"),
+    (lambda d: d["services"][2].update(replicas={"min": 0, "max": 1}), "services[embed].replicas",
+     "scores every routed request"),
     (lambda d: d["services"].append({**chat("coder-2", domain="general"), "route": {"model_name": "coder"}}),
      "services[coder].route", "another domain, priority or fallback"),
 ])
@@ -118,3 +125,47 @@ def test_a_plan_without_routing_or_fallback_has_no_routing_table():
     data = plan(CLUSTER, load_catalog(), parse_strategy({"name": "s", "services": [chat("a"), EMBED]},
                                                         "s.yml")).to_dict()
     assert "routing" not in serve_config.routes(serve_config.service_apps(data), data)
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: d["routing"].update(default_model="minilm"), "routing.default_model"),
+    (lambda d: d["services"][2]["route"].update(domain="general"), "services[embed].route.domain"),
+    (lambda d: d["services"][1]["route"].update(fallback=["minilm"]), "services[general].route.fallback"),
+])
+def test_an_embedding_model_cannot_answer_chats(change, field):
+    data = {"name": "s", "services": services(), "routing": {**ROUTING, "domains": dict(ROUTING["domains"])}}
+    change(data)
+    result = plan(CLUSTER, load_catalog(), parse_strategy(data, "s.yml")).to_dict()
+    assert not result["feasible"]
+    assert [e["field"] for e in result["errors"]] == [field], result["errors"]
+
+
+def test_the_schema_refuses_what_the_checks_refuse():
+    import jsonschema
+
+    from gpufleet import schema
+
+    validator = jsonschema.Draft202012Validator(schema.schema("strategy"))
+    for example in ("trailing newline\n", "   ", "x" * 5000):
+        data = {"name": "s", "services": services(),
+                "routing": {**ROUTING, "domains": {**ROUTING["domains"], "coding": [example]}}}
+        assert list(validator.iter_errors(data)), example
+        with pytest.raises(InputError):
+            parse_strategy(data, "s.yml")
+    for route in ({"model_name": "a", "fallback": ["auto"]}, {"model_name": "a", "priority": 3}):
+        data = {"name": "s", "services": [{**chat("a"), "route": route}]}
+        assert list(validator.iter_errors(data)), route
+        with pytest.raises(InputError):
+            parse_strategy(data, "s.yml")
+
+
+def test_diff_shows_a_change_of_routing_alone():
+    from gpufleet.diff import diff_plans, format_diff
+
+    def planned(routing):
+        return plan(CLUSTER, load_catalog(), parse_strategy({"name": "s", "services": services(), "routing": routing},
+                                                            "s.yml")).to_dict()
+    data = diff_plans(planned(ROUTING), planned({**ROUTING, "min_score": 0.5}))
+    assert data["changed"] and all(s["change"] == "unchanged" for s in data["services"])
+    assert len(data["router"]) == 1 and data["router"][0].startswith("routing ")
+    assert "min_score': 0.5" in format_diff(data)

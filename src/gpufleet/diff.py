@@ -118,10 +118,22 @@ def diff_plans(before: dict | None, after: dict) -> dict:
             "after_mib": a.get("planned_mib", 0) if a else 0,
             "before": _by_service(b), "after": _by_service(a),
         })
+    # the router's own settings: the cap and routing by content reach its table, not a service
+    router = [f"{key} {_short(before.get(key))} -> {_short(after.get(key))}" for key in ROUTER_KEYS
+              if before.get(key) != after.get(key)]
     changed = any(s["change"] != "unchanged" for s in services) or any(
-        g["before"] != g["after"] for g in gpus)
+        g["before"] != g["after"] for g in gpus) or bool(router)
     return {"before": before.get("strategy"), "after": after.get("strategy"), "changed": changed,
-            "services": services, "gpus": gpus, "transition": _transition(before, after) if changed else None}
+            "services": services, "router": router, "gpus": gpus,
+            "transition": _transition(before, after) if changed else None}
+
+
+ROUTER_KEYS = ("max_loaded_models", "routing")
+
+
+def _short(value) -> str:
+    text = "none" if value is None else str(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _transition(before: dict, after: dict) -> dict | None:
@@ -150,6 +162,8 @@ def format_diff(data: dict, only_changed_gpus: bool = True) -> str:
         lines.append(f"  {mark} {s['name']:28} {s['change']}")
         for detail in s["details"] if s["change"] != "unchanged" else []:
             lines.append(f"      {detail}")
+    for setting in data.get("router") or []:
+        lines.append(f"  ~ router                       {setting}")
     gpus = [g for g in data["gpus"] if g["before"] != g["after"] or not only_changed_gpus]
     if gpus:
         lines += ["", f"  {'device':30} {'total':>7} {'before':>7} {'after':>7}  services after (MiB)"]

@@ -673,6 +673,34 @@ class _Planner:
                 "bundle_label_selector": [dict(sp.label_selector) for _ in range(sp.tp)],
                 "placement_strategy": "STRICT_PACK"}
 
+    def check_routing(self, plans: list) -> None:
+        """The embedding model embeds; the default model, domains and fallbacks generate."""
+        routing = self.strategy.routing
+        pooling = {sp.service.model_name: sp.service.model for sp in plans
+                   if sp.model is not None and sp.model.runner == "pooling"}
+        if routing and routing.embedding_model not in pooling:
+            model = next(sp.service.model for sp in plans if sp.service.model_name == routing.embedding_model)
+            self.error("invalid_field", f"routing.embedding_model {routing.embedding_model!r} is served by {model}, "
+                       "which the catalog does not list as an embedding model (runner: pooling)",
+                       "name the route.model_name of an embedding service", field="routing.embedding_model")
+        if routing and routing.default_model in pooling:
+            self.error("invalid_field", f"routing.default_model {routing.default_model!r} is an embedding model "
+                       f"({pooling[routing.default_model]}): it cannot answer a chat", "name a chat model",
+                       field="routing.default_model")
+        for sp in plans:
+            s = sp.service
+            if s.model_name in pooling and s.domain:
+                self.error("invalid_field", f"route.domain {s.domain!r} is on an embedding model ({s.model}): it "
+                           "cannot answer the chats routed to it", "give the domain to a chat service", s.name,
+                           field=f"services[{s.name}].route.domain")
+            for name in s.fallback:
+                if (name in pooling) != (s.model_name in pooling):
+                    self.error("invalid_field", f"route.fallback {name!r} is "
+                               + ("an embedding model" if name in pooling else "a chat model")
+                               + f" and {s.model_name!r} is not: it cannot take the same requests",
+                               "fall back to a model of the same kind", s.name,
+                               field=f"services[{s.name}].route.fallback")
+
     def run(self) -> Plan:
         plans = [self.resolve(s) for s in self.strategy.services]
         names: dict[str, set] = {}
@@ -683,15 +711,7 @@ class _Planner:
                 self.error("invalid_field", f"route model_name {model_name!r} is shared by different models "
                            f"({', '.join(sorted(models))}); shared names load-balance between identical models only",
                            "give each model its own route.model_name", field="services[*].route.model_name")
-        routing = self.strategy.routing
-        if routing:
-            embedders = [sp for sp in plans if sp.service.model_name == routing.embedding_model]
-            if any(sp.model is not None and sp.model.runner != "pooling" for sp in embedders):
-                self.error("invalid_field", f"routing.embedding_model {routing.embedding_model!r} is served by "
-                           f"{embedders[0].service.model}, which the catalog lists as runner "
-                           f"{embedders[0].model.runner!r}, not an embedding model",
-                           "name the route.model_name of an embedding service (catalog runner: pooling)",
-                           field="routing.embedding_model")
+        self.check_routing(plans)
         for sp in plans:
             if sp.service.engine == "ollama" and not sp.blocked:
                 self.place_ollama(sp)

@@ -148,14 +148,15 @@ def _service() -> dict:
         "engine_args": {"type": ["object", "null"]},
         "replicas": _replicas(),
         "placement": _placement(),
-        "route": {"type": ["object", "null"], "additionalProperties": False, "properties": {
+        "route": {"type": ["object", "null"], "additionalProperties": False,
+                  "dependentRequired": {"priority": ["domain"]}, "properties": {
             "model_name": {"type": "string", "pattern": pattern(st.ROUTE_RE), "not": {"const": st.AUTO_MODEL}},
             "domain": {"type": ["string", "null"], "pattern": pattern(st.DOMAIN_RE),
                        "description": "a key of routing.domains: requests without a model that fit it come here"},
             "priority": {"type": "integer", "minimum": 0, "maximum": st.MAX_PRIORITY,
                          "description": "the higher wins when services fit a prompt alike"},
             "fallback": {"type": ["array", "null"], "uniqueItems": True,
-                         "items": {"type": "string", "pattern": pattern(st.ROUTE_RE)},
+                         "items": {"type": "string", "pattern": pattern(st.ROUTE_RE), "not": {"const": st.AUTO_MODEL}},
                          "description": "model names tried in order when this one cannot take a request"}}},
         "model_source": {**TEXT, "type": ["string", "null"], "minLength": 1,
                          "description": "a path on the nodes or a hub id"},
@@ -198,7 +199,7 @@ def strategy_schema() -> dict:
                                     "propertyNames": {"pattern": pattern(st.DOMAIN_RE)},
                                     "additionalProperties": {"type": "array", "minItems": 1,
                                                              "maxItems": st.MAX_EXAMPLES,
-                                                             "items": {"type": "string", "minLength": 1}}}}},
+                                                             "items": {**TEXT, "pattern": r"\S"}}}}},
     }
     assert set(properties) == set(st.STRATEGY_KEYS)
     return {

@@ -366,8 +366,13 @@ def _service(raw, index, file) -> Service:
     if not 0 <= priority <= MAX_PRIORITY:
         _fail(file, f"{where}.route.priority", f"must be 0..{MAX_PRIORITY}, got {priority}",
               "the higher wins a tie, for example 5")
-    fallback = route.get("fallback") or []
-    if not isinstance(fallback, list) or not all(isinstance(f, str) and ROUTE_RE.fullmatch(f) for f in fallback):
+    if "priority" in route and domain is None:
+        _fail(file, f"{where}.route.priority", "breaks ties between domains: it needs route.domain",
+              "add route: {domain: NAME} or drop priority")
+    fallback = route.get("fallback", [])
+    fallback = [] if fallback is None else fallback
+    if not isinstance(fallback, list) or not all(
+            isinstance(f, str) and ROUTE_RE.fullmatch(f) and f != AUTO_MODEL for f in fallback):
         _fail(file, f"{where}.route.fallback", f"must be a list of model names, got {_short(fallback)}",
               "for example [medgemma-27b]")
     if model_name in fallback or len(set(fallback)) != len(fallback):
@@ -467,6 +472,11 @@ def _routing(raw, services, file) -> Routing | None:
         if not isinstance(value, str) or value not in served:
             _fail(file, f"routing.{key}", f"must be the model_name of a vLLM service of this strategy, got "
                   f"{_short(value)}", f"use one of: {', '.join(sorted(served))}")
+    for service in services:
+        if service.model_name == raw["embedding_model"] and service.replicas.lazy:
+            _fail(file, f"services[{service.name}].replicas", "serves routing.embedding_model, which scores every "
+                  "routed request: loaded on demand it would never unload and hold a slot of the cap",
+                  "keep it loaded (replicas: 1)")
     min_score = _typed(raw.get("min_score", 0.0), float, file, "routing.min_score")
     if not -1 <= min_score <= 1:
         _fail(file, "routing.min_score", f"is a cosine similarity, -1..1, got {min_score}", "for example 0.3")
