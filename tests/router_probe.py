@@ -33,13 +33,25 @@ def load_router():
     return module
 
 
+def run_with_parent(parent, cases, timeout_s: float = 60):
+    """Run the coroutine function `cases` with ray.serve.llm's call of the model deployments
+    (OpenAiIngress._get_response) replaced by `parent`."""
+    from ray.serve.llm.ingress import OpenAiIngress
+
+    original = OpenAiIngress._get_response
+    OpenAiIngress._get_response = parent
+    try:
+        return asyncio.run(asyncio.wait_for(cases(), timeout_s))
+    finally:
+        OpenAiIngress._get_response = original
+
+
 def run_case(module, members: int, script: list) -> dict:
     """script: one outcome per call of ray.serve.llm's _get_response, in order: "ok" (a stream of two
     chunks), "died" (an exception before the first chunk), "500" (an ErrorResponse first),
     "404" (the HTTPException of an unknown model, raised before any deployment is picked)."""
     from fastapi import HTTPException
     from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
-    from ray.serve.llm.ingress import OpenAiIngress
 
     calls, picked = [], []
 
@@ -74,13 +86,7 @@ def run_case(module, members: int, script: list) -> dict:
             out.append(f"raised {type(exc).__name__} {getattr(exc, 'status_code', '')}".strip())
         return out
 
-    original = OpenAiIngress._get_response
-    OpenAiIngress._get_response = parent
-    try:
-        result = asyncio.run(asyncio.wait_for(consume(), 10))
-    finally:
-        OpenAiIngress._get_response = original
-    return {"calls": calls, "picked": picked, "result": result}
+    return {"calls": calls, "picked": picked, "result": run_with_parent(parent, consume, 10)}
 
 
 def run_restarting_member_case(module) -> dict:
@@ -88,7 +94,6 @@ def run_restarting_member_case(module) -> dict:
     requests are sent to; "died" makes handle-0 fail before its first chunk."""
     from types import SimpleNamespace
 
-    from ray.serve.llm.ingress import OpenAiIngress
 
     def case(states: list, died: bool = False) -> dict:
         picked, outcomes = [], []
@@ -117,12 +122,7 @@ def run_restarting_member_case(module) -> dict:
                 except Exception as exc:
                     outcomes.append(type(exc).__name__)
 
-        original = OpenAiIngress._get_response
-        OpenAiIngress._get_response = parent
-        try:
-            asyncio.run(asyncio.wait_for(forty(), 10))
-        finally:
-            OpenAiIngress._get_response = original
+        run_with_parent(parent, forty, 10)
         return {"picked": sorted(set(picked)), "outcomes": sorted(set(outcomes)), "answered": outcomes.count("chunk")}
 
     return {"restarting member": case([{"STARTING": 1}, {"RUNNING": 1}]),
@@ -164,7 +164,6 @@ def cap_router(module, models: list, max_loaded, wait_s: float):
 def run_cap_cases(module) -> dict:
     """The cap's cases, each through the guarded /v1/chat/completions endpoint (the 503 and its
     Retry-After header are the wrapper's)."""
-    from ray.serve.llm.ingress import OpenAiIngress
 
     async def parent(self, **kwargs):
         yield f"answer from {kwargs['body'].model}"
@@ -232,12 +231,7 @@ def run_cap_cases(module) -> dict:
         out["models"] = {card.id: card.metadata["gpufleet"]["state"] for card in listing.data}
         return out
 
-    original = OpenAiIngress._get_response
-    OpenAiIngress._get_response = parent
-    try:
-        return asyncio.run(asyncio.wait_for(cases(), 60))
-    finally:
-        OpenAiIngress._get_response = original
+    return run_with_parent(parent, cases)
 
 
 # The scripted embedding model: one dimension per marker word, counted in the text.
@@ -283,7 +277,6 @@ def run_routing_cases(module) -> dict:
     from types import SimpleNamespace
 
     from ray.llm._internal.serve.core.configs.openai_api_models import ChatCompletionRequest
-    from ray.serve.llm.ingress import OpenAiIngress
 
     calls, behaviour = [], {"died": set(), "embed fails": False}
 
@@ -364,12 +357,7 @@ def run_routing_cases(module) -> dict:
         out["image part without a type"] = await chat(routing_router(module, ROUTING, {}), untyped)
         return out
 
-    original = OpenAiIngress._get_response
-    OpenAiIngress._get_response = parent
-    try:
-        return asyncio.run(asyncio.wait_for(cases(), 60))
-    finally:
-        OpenAiIngress._get_response = original
+    return run_with_parent(parent, cases)
 
 
 def main() -> int:
