@@ -71,8 +71,6 @@ def run_case(module, members: int, script: list) -> dict:
 
     router = module.GpufleetIngress()
     router._routes = {"m": [(f"handle-{i}", 1) for i in range(members)]}
-    router._members = {"m": [("app.m", f"LLMServer:m-{i}") for i in range(members)]}
-    scripted_status(module, [{}], 60)  # Serve's table, with no replica of any member in it
 
     class Body:
         model = "m"
@@ -87,47 +85,6 @@ def run_case(module, members: int, script: list) -> dict:
         return out
 
     return {"calls": calls, "picked": picked, "result": run_with_parent(parent, consume, 10)}
-
-
-def run_restarting_member_case(module) -> dict:
-    """Two deployments of one model and Serve's table showing them in given states: which handles 40
-    requests are sent to; "died" makes handle-0 fail before its first chunk."""
-    from types import SimpleNamespace
-
-
-    def case(states: list, died: bool = False) -> dict:
-        picked, outcomes = [], []
-
-        async def parent(self, **kwargs):
-            handle = self._get_configured_serve_handle(kwargs["body"].model)
-            picked.append(handle)
-            if died and handle == "handle-0":
-                raise RuntimeError("actor died")
-            yield "chunk"
-
-        module.serve.status = lambda: SimpleNamespace(applications={"app.m": SimpleNamespace(deployments={
-            f"LLMServer:m-{i}": SimpleNamespace(replica_states=dict(st)) for i, st in enumerate(states)})})
-        router = module.GpufleetIngress()
-        router._routes = {"m": [("handle-0", 1), ("handle-1", 1)]}
-        router._members = {"m": [("app.m", "LLMServer:m-0"), ("app.m", "LLMServer:m-1")]}
-
-        class Body:
-            model = "m"
-
-        async def forty():
-            for _ in range(40):
-                try:
-                    async for chunk in router._get_response(body=Body(), call_method="chat"):
-                        outcomes.append(chunk)
-                except Exception as exc:
-                    outcomes.append(type(exc).__name__)
-
-        run_with_parent(parent, forty, 10)
-        return {"picked": sorted(set(picked)), "outcomes": sorted(set(outcomes)), "answered": outcomes.count("chunk")}
-
-    return {"restarting member": case([{"STARTING": 1}, {"RUNNING": 1}]),
-            "member scaled to zero": case([{}, {"RUNNING": 1}]),
-            "running member died, other restarting": case([{"RUNNING": 1}, {"STARTING": 1}], died=True)}
 
 
 def scripted_status(module, tables: list, every_s: float):
@@ -370,7 +327,6 @@ def main() -> int:
         "unknown model": (2, ["404", "404", "404"]),
     }
     result = {name: run_case(module, *case) for name, case in cases.items()}
-    result.update(run_restarting_member_case(module))
     result.update(run_cap_cases(module))
     result.update(run_routing_cases(module))
     print(json.dumps(result))

@@ -151,12 +151,3 @@ def test_no_fallback_for_a_lora_id_or_another_call_than_chat_and_completions(cas
 
 def test_an_image_part_without_a_type_counts_as_an_image(cases):
     assert answered_by(cases["image part without a type"]) == "vision"
-
-
-def test_a_deployment_whose_replica_is_restarting_gets_no_request_while_another_runs(cases):
-    # fault (a) on the sandbox: requests sent to the restarting one waited for its new engine (~40 s)
-    assert cases["restarting member"] == {"picked": ["handle-1"], "outcomes": ["chunk"], "answered": 40}
-    # a pool scaled to zero keeps its share, or Serve would never see a request to scale it up
-    assert cases["member scaled to zero"]["picked"] == ["handle-0", "handle-1"]
-    # the retry after a failure goes to the other deployment even if it is still starting
-    assert cases["running member died, other restarting"]["answered"] == 40
