@@ -65,7 +65,7 @@ def _resizes(before: dict, after: dict) -> list:
                 if b_args.get(key) != a_args.get(key)]
     b_route, a_route = before.get("route") or {}, after.get("route") or {}
     resized += [f"route.{key} {b_route.get(key)} -> {a_route.get(key)}"
-                for key in ("model_name", "domain", "priority", "fallback", "image_input")
+                for key in sorted(set(b_route) | set(a_route), key=lambda k: (k != "model_name", k))
                 if b_route.get(key) != a_route.get(key)]
     b_listen, a_listen = (before.get("ollama") or {}).get("listen"), (after.get("ollama") or {}).get("listen")
     if b_listen and a_listen and b_listen != a_listen:  # an Ollama server's port: its unit and its clients change

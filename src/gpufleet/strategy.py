@@ -451,11 +451,11 @@ def parse_strategy(data, file: str, expected_name: str | None = None) -> Strateg
         if unknown:
             _fail(file, f"services[{service.name}].route.fallback", f"{unknown[0]!r} is not the model_name of a "
                   "vLLM service of this strategy", f"use one of: {', '.join(sorted(served))}")
-    routing = _routing(data.get("routing"), services, file)
+    routing = _routing(data.get("routing"), services, served, file)
     return Strategy(name, description.strip(), services, file, cap, routing)
 
 
-def _routing(raw, services, file) -> Routing | None:
+def _routing(raw, services, served: set, file) -> Routing | None:
     domains_used = {s.domain: s.name for s in services if s.domain}
     if raw is None:
         if domains_used:
@@ -466,7 +466,6 @@ def _routing(raw, services, file) -> Routing | None:
     if not isinstance(raw, dict) or set(raw) - set(ROUTING_KEYS):
         _fail(file, "routing", f"must be a mapping of {', '.join(ROUTING_KEYS)}, got {_short(raw)}",
               "see README.md, Routing by content")
-    served = {s.model_name for s in services if s.engine == "vllm"}
     for key in ("embedding_model", "default_model"):
         value = raw.get(key)
         if not isinstance(value, str) or value not in served:
