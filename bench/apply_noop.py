@@ -1,15 +1,20 @@
-"""A no-op `gpufleet apply` on the sandbox, over SSH (the sandbox inventory's connection) against
-the same apply over the podman connection (`podman exec`, no pipelining), in one run:
+"""A no-op `gpufleet apply` on the sandbox, both sides of one comparison in one run:
 
-    .venv/bin/python bench/apply_noop.py [-i inventory/sandbox] [-s sandbox] [--runs 2]
+    .venv/bin/python bench/apply_noop.py [-i inventory/sandbox] [-s sandbox] [--runs 2] [--compare connection]
+    .venv/bin/python bench/apply_noop.py --compare ray-skip
+
+--compare connection: over SSH (the sandbox inventory's connection) against the same apply over the
+podman connection (`podman exec`, no pipelining). The podman side is a copy of the inventory in a
+temporary folder whose group_vars reach the containers with `containers.podman.podman` instead,
+with the endpoint's API key of the original inventory (so that the router's config is the same;
+the copy is removed at the end).
+--compare ray-skip: the Ray play ending on each node whose Ray inputs did not change
+(roles/ray/tasks/unchanged.yml) against the whole Ray role (`-e ray_skip_unchanged=false`).
 
 Each side first converges with one apply (not counted), then runs `gpufleet apply --yes` RUNS times
 as a process and reports its wall time and the play times the runner's events give
-(bench/apply_profile.py). The podman side is a copy of the inventory in a temporary folder whose
-group_vars reach the containers with `containers.podman.podman` instead, with the endpoint's API
-key of the original inventory (so that the router's config is the same; the copy is removed at
-the end). Prints a table and the ratio, and the JSON with --json. Sends nothing beyond the sandbox
-containers.
+(bench/apply_profile.py). Prints a table and the ratio, and the JSON with --json. Sends nothing
+beyond the sandbox containers.
 """
 from __future__ import annotations
 
@@ -63,15 +68,19 @@ def main(argv=None) -> int:
     parser.add_argument("-i", "--inventory", default="inventory/sandbox")
     parser.add_argument("-s", "--strategy", default="sandbox")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--compare", choices=("connection", "ray-skip"), default="connection")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="gpufleet-bench-"))
     try:
-        sides = {"ssh": args.inventory, "podman": podman_inventory(args.inventory, folder)}
+        if args.compare == "connection":
+            sides = {"ssh": (args.inventory, []), "podman": (podman_inventory(args.inventory, folder), [])}
+        else:
+            sides = {"skip": (args.inventory, []), "full": (args.inventory, ["-e", "ray_skip_unchanged=false"])}
         results = {}
-        for side, inventory in sides.items():
-            apply(inventory, args.strategy, [])  # converge first: what follows must be a no-op
-            results[side] = [apply(inventory, args.strategy, []) for _ in range(args.runs)]
+        for side, (inventory, extra) in sides.items():
+            apply(inventory, args.strategy, extra)  # converge first: what follows must be a no-op
+            results[side] = [apply(inventory, args.strategy, extra) for _ in range(args.runs)]
     finally:
         shutil.rmtree(folder)
     medians = {side: statistics.median(r["seconds"] for r in runs) for side, runs in results.items()}
@@ -84,7 +93,8 @@ def main(argv=None) -> int:
         for r in runs:
             if r["changed"]:
                 print(f"        not a no-op: {r['changed']}")
-    print(f"ssh / podman: {medians['ssh'] / medians['podman']:.2f}x")
+    first, second = medians
+    print(f"{first} / {second}: {medians[first] / medians[second]:.2f}x")
     return 0
 
 

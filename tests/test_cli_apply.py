@@ -222,6 +222,24 @@ def sandbox_load():
                            api_key=endpoint_key.read_key(str(ROOT / "inventory" / "sandbox")))
 
 
+RAY_PLAY = "Run Ray on every node"
+
+
+def ray_tasks_run() -> dict:
+    """host -> the tasks of the Ray play that ran on it (ok or changed), from the newest run's events."""
+    from gpufleet.runner import default_runs_dir
+
+    newest = max((p for p in default_runs_dir().iterdir() if (p / "job_events").is_dir()),
+                 key=lambda p: p.stat().st_mtime)
+    ran: dict = {}
+    for path in (newest / "job_events").glob("*.json"):
+        event = json.loads(path.read_text())
+        data = event.get("event_data", {})
+        if event.get("event") == "runner_on_ok" and data.get("play") == RAY_PLAY:
+            ran.setdefault(data["host"], set()).add(data["task"])
+    return ran
+
+
 @pytest.mark.sandbox
 def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
     """apply, status, diff, then the switch to sandbox-swapped and the rollback to sandbox, each under
@@ -253,14 +271,24 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
     print("sandbox -> sandbox-swapped under load:", {k: switch.summary[k] for k in (
         "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")}, file=sys.stderr)
     assert switch.summary["requests"] > 20 and switch.summary["failed"] == 0, switch.summary
+    # The switch changed no Ray input: every node checked its note and ended the Ray play there
+    # (roles/ray/tasks/unchanged.yml); none reached the unit's task.
+    ran = ray_tasks_run()
+    assert set(ran) == set(SANDBOX_NODES), ran
+    assert all("Ask whether the Ray unit is active" in tasks and "Install the Ray unit" not in tasks
+               for tasks in ran.values()), ran
     assert main(["status", "-i", sandbox, "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
     deployments = {name: dep for name, (_, dep) in llm_deployments(status["applications"]).items()}
     assert {r["host"] for r in deployments["chat"]["replicas"]} == {"sandbox-worker-2"}
     assert status["drift"] == []
 
+    # A node without the note (as if its inputs had changed) runs the whole Ray role; the others do not.
+    subprocess.run(["podman", "exec", "sandbox-worker-2", "rm", "/etc/gpufleet/ray/inputs.sha256"], check=True)
     with sandbox_load() as back:
         assert main(["rollback", "-i", sandbox, "--yes"]) == 0
+    ran = ray_tasks_run()
+    assert {host for host, tasks in ran.items() if "Install the Ray unit" in tasks} == {"sandbox-worker-2"}, ran
     out = capsys.readouterr().out
     print("sandbox-swapped -> sandbox under load:", {k: back.summary[k] for k in (
         "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")}, file=sys.stderr)
