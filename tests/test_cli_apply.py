@@ -229,8 +229,8 @@ def ray_tasks_run() -> dict:
     """host -> the tasks of the Ray play that ran on it (ok or changed), from the newest run's events."""
     from gpufleet.runner import default_runs_dir
 
-    newest = max((p for p in default_runs_dir().iterdir() if (p / "job_events").is_dir()),
-                 key=lambda p: p.stat().st_mtime)
+    # run folders are named by their UTC start (runner.run_ident): the newest apply sorts last
+    newest = sorted(p for p in default_runs_dir().iterdir() if "-apply-" in p.name and (p / "job_events").is_dir())[-1]
     ran: dict = {}
     for path in (newest / "job_events").glob("*.json"):
         event = json.loads(path.read_text())
@@ -283,12 +283,15 @@ def test_sandbox_apply_status_diff_rollback(sandbox, capsys):
     assert {r["host"] for r in deployments["chat"]["replicas"]} == {"sandbox-worker-2"}
     assert status["drift"] == []
 
-    # A node without the note (as if its inputs had changed) runs the whole Ray role; the others do not.
-    subprocess.run(["podman", "exec", "sandbox-worker-2", "rm", "/etc/gpufleet/ray/inputs.sha256"], check=True)
+    # A node file the Ray role wrote, removed by hand (a model folder's shipped note): that node runs the
+    # whole role and writes it again; the others end early.
+    shipped = "/var/lib/gpufleet/models/all-minilm-l6-v2/.gpufleet-shipped"
+    subprocess.run(["podman", "exec", "sandbox-worker-2", "rm", shipped], check=True)
     with sandbox_load() as back:
         assert main(["rollback", "-i", sandbox, "--yes"]) == 0
     ran = ray_tasks_run()
     assert {host for host, tasks in ran.items() if "Install the Ray unit" in tasks} == {"sandbox-worker-2"}, ran
+    assert subprocess.run(["podman", "exec", "sandbox-worker-2", "test", "-s", shipped]).returncode == 0
     out = capsys.readouterr().out
     print("sandbox-swapped -> sandbox under load:", {k: back.summary[k] for k in (
         "requests", "failed", "failures_by_cause", "longest_stall_s", "elapsed_s")}, file=sys.stderr)
