@@ -226,14 +226,13 @@ RAY_PLAY = "Run Ray on every node"
 
 
 def ray_tasks_run() -> dict:
-    """host -> the tasks of the Ray play that ran on it (ok or changed), from the newest run's events."""
-    from gpufleet.runner import default_runs_dir
-
-    # run folders are named by their UTC start (runner.run_ident): the newest apply sorts last
-    newest = sorted(p for p in default_runs_dir().iterdir() if "-apply-" in p.name and (p / "job_events").is_dir())[-1]
+    """host -> the tasks of the Ray play that ran on it (ok or changed), from the newest apply's events
+    (read with bench/apply_profile.py)."""
+    spec = importlib.util.spec_from_file_location("apply_profile", ROOT / "bench" / "apply_profile.py")
+    apply_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(apply_profile)
     ran: dict = {}
-    for path in (newest / "job_events").glob("*.json"):
-        event = json.loads(path.read_text())
+    for event in apply_profile.events(apply_profile.latest("apply")):
         data = event.get("event_data", {})
         if event.get("event") == "runner_on_ok" and data.get("play") == RAY_PLAY:
             ran.setdefault(data["host"], set()).add(data["task"])
