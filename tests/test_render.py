@@ -494,6 +494,9 @@ def test_vllm_is_started_with_the_planned_arguments(renders, rendered):
             folders.append(str(r.dir / "serve"))
             expected[folders[-1]] = {s["name"]: expected_engine_args(s, REPO / "strategies" / f"{strategy}.yml", reads)
                                      for s in services}
+            for s in services:  # replicas.idle: sleep becomes vLLM's sleep mode (the planner's own argument)
+                if s.get("idle") == "sleep":
+                    expected[folders[-1]][s["name"]]["enable_sleep_mode"] = True
     assert folders
     started = {}
     for folder in folders:

@@ -151,3 +151,34 @@ def test_no_fallback_for_a_lora_id_or_another_call_than_chat_and_completions(cas
 
 def test_an_image_part_without_a_type_counts_as_an_image(cases):
     assert answered_by(cases["image part without a type"]) == "vision"
+
+
+# ---- idle: sleep (ray.serve.llm's broadcast to the replicas scripted: vLLM's sleep mode needs a GPU) --
+def test_an_idle_model_is_put_to_sleep_after_idle_sleep_s(cases):
+    """a (idle: sleep, idle_sleep_s 1) answered once, then idle: the router asked every replica of its
+    deployment to sleep at level 1 (weights kept in host memory); /stats and /health say asleep."""
+    case = cases["idle 1 s: a"]
+    assert case["calls"] == [["control-a", "sleep", {"level": 1}]] and case["state"] == "asleep", case
+    assert (case["health"]["loaded"], case["health"]["asleep"], case["health"]["models_loaded"]) == ([], ["a"], 0)
+
+
+def test_a_sleeping_model_keeps_its_slot_under_the_cap(cases):
+    """Its replica keeps its placement group (Ray keeps its GPU share): with cap 1, b waits and gets
+    503, and nothing is asked of a's replicas."""
+    assert cases["cap 1, a asleep: b"] == {"status": 503, "calls": []}
+
+
+def test_a_sleeping_model_is_woken_before_its_request_goes_on(cases):
+    assert cases["a again"] == {"status": 200, "calls": [["control-a", "wakeup", {}]]}
+    assert cases["stats after the wake"] == {"state": "loaded", "sleeps": 1, "wakes": 1, "requests": 2,
+                                             "idle_sleep_s": 1.0}
+
+
+def test_a_model_with_a_request_in_flight_is_not_put_to_sleep(cases):
+    assert cases["in flight for 60 s: a"] == {"calls": [], "asleep": []}
+    assert cases["idle again: asleep"] == ["a"]
+
+
+def test_a_model_serve_unloaded_is_no_longer_asleep(cases):
+    assert cases["after Serve unloaded a"] == "unloaded"
+    assert cases["asleep after the unload"] == [] and cases["calls after the unload"] == []

@@ -45,6 +45,7 @@ def _service(sp) -> dict:
                      "target_ongoing_requests": s.replicas.target_ongoing_requests,
                      "autoscaling": s.replicas.autoscaling},
         **({"idle_unload_s": s.replicas.idle_unload_s} if s.replicas.lazy else {}),
+        **({"idle": "sleep", "idle_sleep_s": s.replicas.idle_sleep_s} if s.replicas.idle == "sleep" else {}),
         "max_replicas": sp.planned_max if not sp.blocked else 0,
         "kv_cache_tokens": sp.kv_cache_tokens if vllm and sp.model.runner == "generate" else None,
         "kv_cache": dict(sp.kv_cache) if vllm and sp.kv_cache else None,

@@ -49,7 +49,9 @@ def format_table(data: dict) -> str:
     if any("idle_unload_s" in s for s in data["services"]):
         cap = data.get("max_loaded_models")
         lines += ["", "* loads on its first request and unloads when idle (replicas.min 0); "
-                  + (f"at most {cap} such services loaded at once" if cap else "no cap on how many load at once")]
+                  + (f"at most {cap} such services loaded at once" if cap else "no cap on how many load at once")
+                  + ("; idle: sleep ones sleep first and count as loaded while asleep"
+                     if any(s.get("idle") == "sleep" for s in data["services"]) else "")]
     for kind in ("errors", "warnings"):
         if data[kind]:
             lines += ["", kind.upper()]

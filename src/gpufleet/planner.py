@@ -461,6 +461,21 @@ class _Planner:
         self._max_free[self._index[node.host]] = max(d.free_mib for d in self.devices[node.host])
         sp.placements.append((0, node.host, list(service.gpus)))
 
+    def check_sleep(self, sp: ServicePlan) -> None:
+        """idle: sleep needs every node it may land on to have GPUs: vLLM's sleep mode exists on CUDA, ROCm
+        and XPU only (platforms/interface.py:231-236) and the CPU build refuses enable_sleep_mode at start
+        (config/model.py:655-656). Its memory is counted as any on-demand service's, whole while loaded:
+        a sleeping replica keeps its placement group, so Ray keeps its GPU share for it and no other
+        replica can take the memory sleep frees."""
+        cpu = [n.host for n in sp.eligible if not n.gpu_count]
+        if cpu:
+            named = ", ".join(cpu[:3]) + (", ..." if len(cpu) > 3 else "")
+            self.error("sleep_needs_gpu", f"idle: sleep uses vLLM's sleep mode, which runs on GPUs only; the label "
+                       f"selector matches {len(cpu)} CPU node(s) ({named})",
+                       "use idle: unload on CPU nodes, or select GPU nodes only", sp.name,
+                       field=f"services[{sp.name}].replicas.idle")
+            sp.blocked = True
+
     def place_required(self, sp: ServicePlan, matched: list[Node]) -> None:
         where = f"services[{sp.name}]"
         usable = sp.eligible
@@ -633,6 +648,8 @@ class _Planner:
             engine_args.setdefault("max_model_len", sp.max_model_len)
             if sp.model.runner != "generate":
                 engine_args.setdefault("runner", sp.model.runner)
+            if s.replicas.idle == "sleep":
+                engine_args["enable_sleep_mode"] = True
         if sp.model is not None:
             kind = self.device(sp.placements[0][1], sp.placements[0][2][0]).kind if sp.placements else "gpu"
             engine_args = planned_args.planned(s.engine, engine_args, sp.model, self.catalog.engines, kind,
@@ -719,6 +736,9 @@ class _Planner:
         matched = {}
         for sp in vllm:
             matched[sp.name], sp.eligible = self.eligible_nodes(sp)
+            if sp.service.replicas.idle == "sleep":
+                self.check_sleep(sp)
+        vllm = [sp for sp in vllm if not sp.blocked]
         for sp in sorted(vllm, key=lambda sp: len(sp.eligible)):  # most constrained first
             self.place_required(sp, matched[sp.name])
         for sp in vllm:

@@ -103,7 +103,13 @@ def _replicas() -> dict:
                    "target_ongoing_requests": {**_typed(float), "exclusiveMinimum": 0},
                    "idle_unload_s": {"type": "integer", "minimum": 1, "maximum": st.MAX_IDLE_UNLOAD_S,
                                      "description": f"with min 0: unload after this many idle seconds "
-                                                    f"(default {st.DEFAULT_IDLE_UNLOAD_S})"}}
+                                                    f"(default {st.DEFAULT_IDLE_UNLOAD_S}, with idle: sleep "
+                                                    f"{st.DEFAULT_IDLE_UNLOAD_WHEN_SLEEPING_S})"},
+                   "idle": {"enum": list(st.IDLE_ACTIONS),
+                            "description": "with min 0: unload (default), or sleep first (vLLM sleep mode, GPU only)"},
+                   "idle_sleep_s": {"type": "integer", "minimum": 1, "maximum": st.MAX_IDLE_UNLOAD_S,
+                                    "description": f"with idle: sleep: sleep after this many idle seconds, less "
+                                                   f"than idle_unload_s (default {st.DEFAULT_IDLE_SLEEP_S})"}}
     assert set(autoscaling) == set(st.REPLICAS_KEYS)
     return {"oneOf": [
         {"type": "integer", "minimum": 1, "maximum": st.MAX_REPLICAS, "description": "a fixed count"},

@@ -226,7 +226,8 @@ def routes(apps: list, plan: dict, router: str = APP_NAME, cap_wait_s: float = D
     """The router's user_config: model name -> [{app, deployment, weight, llm_config}] over the
     given service applications; weight is the service's planned replica maximum. `on_demand`: the
     model names served only by on-demand services (-> their longest idle_unload_s), the plan's
-    max_loaded_models and how long a request waits for a free slot under it."""
+    max_loaded_models, how long a request waits for a free slot under it and, for the models whose
+    services have idle: sleep, the idle seconds after which the router puts them to sleep."""
     capacity = {s["name"]: s["replicas"]["max"] for s in vllm_services(plan)}
     idle = {s["name"]: s["idle_unload_s"] for s in vllm_services(plan) if "idle_unload_s" in s}
     models: dict = {}
@@ -242,10 +243,15 @@ def routes(apps: list, plan: dict, router: str = APP_NAME, cap_wait_s: float = D
         })
     on_demand = {model: max(idle[s] for s in names) for model, names in services.items()
                  if all(s in idle for s in names)}
+    sleep = {s["name"]: s["idle_sleep_s"] for s in vllm_services(plan) if s.get("idle") == "sleep"}
     table: dict = {"models": models}
     if on_demand:
         table["on_demand"] = {"models": on_demand, "max_loaded": plan.get("max_loaded_models"),
                               "wait_s": float(cap_wait_s)}
+        asleep_after = {model: min(sleep[s] for s in names) for model, names in services.items()
+                        if model in on_demand and all(s in sleep for s in names)}
+        if asleep_after:
+            table["on_demand"]["sleep"] = asleep_after
     routing = _routing(plan, models)
     if routing:
         table["routing"] = routing

@@ -69,9 +69,14 @@ SERVICE_KEYS = {"name", "model", "engine", "engine_args", "replicas", "placement
 # gpufleet.schema exports them as JSON Schema (`gpufleet schema strategy`).
 STRATEGY_KEYS = ("name", "description", "services", "max_loaded_models", "routing")
 ENGINES = ("vllm", "ollama")
-REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests", "idle_unload_s")
+REPLICAS_KEYS = ("min", "max", "initial", "target_ongoing_requests", "idle_unload_s", "idle", "idle_sleep_s")
 # A service with replicas.min 0 loads on its first request and unloads after idle_unload_s without one.
+# With idle: sleep it first sleeps (vLLM's sleep mode, level 1: weights to host memory, KV cache
+# freed, woken in seconds) after idle_sleep_s, and unloads after idle_unload_s.
+IDLE_ACTIONS = ("unload", "sleep")
 DEFAULT_IDLE_UNLOAD_S = 300
+DEFAULT_IDLE_SLEEP_S = 60
+DEFAULT_IDLE_UNLOAD_WHEN_SLEEPING_S = 3600
 MAX_IDLE_UNLOAD_S = 7 * 24 * 3600
 PLACEMENT_KEYS = ("label_selector", "host", "gpus")
 ROUTE_KEYS = ("model_name", "domain", "priority", "fallback")
@@ -100,6 +105,8 @@ class Replicas:
     target_ongoing_requests: float | None
     autoscaling: bool
     idle_unload_s: int | None = None  # set exactly when min is 0 (the service loads on demand)
+    idle: str = "unload"
+    idle_sleep_s: int | None = None  # set exactly when idle is sleep
 
     @property
     def lazy(self) -> bool:
@@ -215,15 +222,30 @@ def _replicas(raw, file, where) -> Replicas:
         _fail(file, f"{where}.max", f"must be <= {MAX_REPLICAS}, got {high}",
               "the plan holds one entry per replica; use a realistic maximum")
     idle = None
-    if "idle_unload_s" in raw and low > 0:
-        _fail(file, f"{where}.idle_unload_s", f"applies to services that may unload (min: 0), this one keeps {low}",
-              "set min: 0 to load on demand and unload when idle, or drop idle_unload_s")
+    for key in ("idle_unload_s", "idle", "idle_sleep_s"):
+        if key in raw and low > 0:
+            _fail(file, f"{where}.{key}", f"applies to services that load on demand (min: 0), this one keeps {low}",
+                  f"set min: 0 to load on demand and unload or sleep when idle, or drop {key}")
+    action = _typed(raw.get("idle", "unload"), str, file, f"{where}.idle")
+    if action not in IDLE_ACTIONS:
+        _fail(file, f"{where}.idle", f"must be unload or sleep, got {_short(action)}",
+              "unload frees the model's memory after idle_unload_s; sleep (GPU only) frees its GPU memory after "
+              "idle_sleep_s and keeps the weights in host memory")
+    if "idle_sleep_s" in raw and action != "sleep":
+        _fail(file, f"{where}.idle_sleep_s", "applies to idle: sleep", "add idle: sleep, or drop idle_sleep_s")
+    sleep_s = None
     if low == 0:
-        idle = _typed(raw.get("idle_unload_s", DEFAULT_IDLE_UNLOAD_S), int, file, f"{where}.idle_unload_s")
+        default = DEFAULT_IDLE_UNLOAD_WHEN_SLEEPING_S if action == "sleep" else DEFAULT_IDLE_UNLOAD_S
+        idle = _typed(raw.get("idle_unload_s", default), int, file, f"{where}.idle_unload_s")
         if not 1 <= idle <= MAX_IDLE_UNLOAD_S:
             _fail(file, f"{where}.idle_unload_s", f"must be 1..{MAX_IDLE_UNLOAD_S} seconds, got {idle}",
-                  f"for example {DEFAULT_IDLE_UNLOAD_S}")
-    return Replicas(low, high, initial, target, True, idle)
+                  f"for example {default}")
+        if action == "sleep":
+            sleep_s = _typed(raw.get("idle_sleep_s", DEFAULT_IDLE_SLEEP_S), int, file, f"{where}.idle_sleep_s")
+            if not 1 <= sleep_s < idle:
+                _fail(file, f"{where}.idle_sleep_s", f"must be 1 second or more and less than idle_unload_s "
+                      f"({idle}), got {sleep_s}", f"for example {min(DEFAULT_IDLE_SLEEP_S, idle - 1)}")
+    return Replicas(low, high, initial, target, True, idle, action, sleep_s)
 
 
 # vllm/config/multimodal.py:212-240 (BaseDummyOptions count >= 0; Image/Video/AudioDummyOptions, extra="forbid",
