@@ -319,15 +319,35 @@ def run_routing_cases(module) -> dict:
 
 
 def run_sleep_cases(module) -> dict:
-    """idle: sleep, with ray.serve.llm's broadcast (LLMServer.sleep / wakeup on every replica) scripted:
-    what the router asked of which deployment, in order."""
+    """idle: sleep, with ray.serve.llm's broadcast (LLMServer.sleep / wakeup on every replica) and the
+    deployment handles scripted: what the router asked of which deployment, in order. The router is
+    configured through its own reconfigure, as Serve does."""
     calls = []
+    failing = set()  # handle names whose broadcast raises
+
+    class Handle:
+        def __init__(self, name):
+            self.name, self.populated = name, True
+
+        def options(self, **_):
+            return self
+
+        def running_replicas_populated(self):
+            return self.populated
+
+    handles = {}
+
+    def get_deployment_handle(deployment, app, _check_exists=True):
+        return handles.setdefault(deployment, Handle(deployment.replace("LLMServer:", "control-")))
 
     def scripted_broadcast(handle, method, kwargs=None):
-        calls.append([handle, method, kwargs])
+        calls.append([handle.name, method, kwargs])
+        if handle.name in failing:
+            raise RuntimeError("replica died")
         return [None]
 
     module.broadcast = scripted_broadcast
+    module.serve.get_deployment_handle = get_deployment_handle
 
     async def parent(self, **kwargs):
         yield f"answer from {kwargs['body'].model}"
@@ -343,18 +363,25 @@ def run_sleep_cases(module) -> dict:
                 pass
         return response.status_code
 
-    def sleepy(models, sleep, cap, wait_s=2.0, after=30.0):
-        router = cap_router(module, models, cap, wait_s)
-        router._control = {m: [f"control-{m}"] for m in models}
-        router._sleep_after = {m: after for m in sleep}
+    def table(models, sleep, cap, after):
+        return {"models": {m: [{"app": f"app.{m}", "deployment": f"LLMServer:{m}", "weight": 1,
+                                "llm_config": {"model_loading_config": {"model_id": m}}}] for m in models},
+                "on_demand": {"models": {m: 3600 for m in models}, "max_loaded": cap, "wait_s": 2.0,
+                              "sleep": {m: after for m in sleep}}}
+
+    def configured(models, sleep, cap, after=1.0):
+        router = module.GpufleetIngress()
+        router.reconfigure(table(models, sleep, cap, after))
         return router
 
     async def cases():
         out = {}
-        # the idle timer: a used, then idle 1 s: the router's loop puts it to sleep; its next request wakes it
         scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
-        router = sleepy(["a", "b"], ["a"], 1, after=1.0)
-        await chat(router, "a")
+        router = configured(["a", "b"], ["a"], 1)
+        # a router that has just started may find a asleep (put to sleep by the replica before it)
+        out["first request for a"] = {"status": await chat(router, "a"), "calls": list(calls)}
+        calls.clear()
+        # the idle timer: idle 1 s: the router's loop puts it to sleep; its next request wakes it
         await asyncio.sleep(2.5)
         out["idle 1 s: a"] = {"calls": list(calls), "state": (await router.stats(request=None))["models"]["a"]["state"],
                               "health": await router.health(request=None)}
@@ -371,17 +398,66 @@ def run_sleep_cases(module) -> dict:
         await asyncio.sleep(2.5)
         out["in flight for 60 s: a"] = {"calls": list(calls), "asleep": sorted(router._asleep)}
         router._stats["a"]["in_flight"] = 0
+        # while another model is loading, nothing is put to sleep (the loading engine sizes its KV cache
+        # from the device's free memory)
+        scripted_status(module, [{"a": {"RUNNING": 1}, "b": {"STARTING": 1}}], 60)
+        router._view = None
+        await asyncio.sleep(2.5)
+        out["b loading: a idle"] = {"calls": list(calls), "asleep": sorted(router._asleep)}
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router._view = None
         await asyncio.sleep(2.5)
         out["idle again: asleep"] = sorted(router._asleep)
         calls.clear()
-        # Serve unloads a (idle_unload_s): the router no longer counts it asleep
+        # Serve unloads a (idle_unload_s): its next request loads a new replica, which starts awake
         scripted_status(module, [{}], 60)
         router._view = None
         out["after Serve unloaded a"] = (await router.stats(request=None))["models"]["a"]["state"]
-        await chat(router, "b")  # the next admission forgets the unloaded model
-        out["asleep after the unload"] = sorted(router._asleep)
-        out["calls after the unload"] = list(calls)
+        out["a after the unload"] = {"status": await chat(router, "a"), "calls": list(calls),
+                                     "asleep": sorted(router._asleep), "wake_first": sorted(router._wake_first)}
         router._sleeper.cancel()
+        calls.clear()
+
+        # a sleep that fails: the model is not shown asleep, but its next request wakes it first
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = configured(["a"], ["a"], None)
+        await chat(router, "a")
+        calls.clear()
+        failing.add("control-a")
+        await asyncio.sleep(2.5)
+        out["failed sleep"] = {"calls": list(calls), "asleep": sorted(router._asleep),
+                               "wake_first": sorted(router._wake_first)}
+        failing.clear()
+        calls.clear()
+        out["after the failed sleep: a"] = {"status": await chat(router, "a"), "calls": list(calls)}
+        calls.clear()
+        # a failed wake is logged and the request goes on; the model is woken again next time
+        router._wake_first = frozenset({"a"})
+        failing.add("control-a")
+        out["failed wake: a"] = {"status": await chat(router, "a"), "wake_first": sorted(router._wake_first)}
+        failing.clear()
+        router._sleeper.cancel()
+        calls.clear()
+
+        # a model that leaves the sleep table while asleep is still woken before its next request
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = configured(["a"], ["a"], None)
+        await chat(router, "a")
+        await asyncio.sleep(2.5)
+        calls.clear()
+        router.reconfigure({"models": table(["a"], [], None, 1.0)["models"]})
+        out["left the table: a"] = {"status": await chat(router, "a"), "calls": list(calls)}
+        router._sleeper.cancel()
+        calls.clear()
+
+        # a deployment that never had a running replica is not broadcast to (broadcast would wait 30 s)
+        handles["LLMServer:a"].populated = False
+        scripted_status(module, [{"a": {"RUNNING": 1}}], 60)
+        router = configured(["a"], ["a"], None)
+        started = time.monotonic()
+        out["not populated: a"] = {"status": await chat(router, "a"), "calls": list(calls),
+                                   "seconds": round(time.monotonic() - started, 1)}
+        handles["LLMServer:a"].populated = True
         calls.clear()
         return out
 

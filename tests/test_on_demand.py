@@ -126,6 +126,8 @@ def test_table_says_what_was_counted(capsys):
      "services[a].replicas.idle_sleep_s", "less than idle_unload_s (300), got 300"),
     ([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep", "idle_sleep_s": 0})], {},
      "services[a].replicas.idle_sleep_s", "must be 1 second or more"),
+    ([service("a", 0.3, {"min": 0, "max": 1, "idle": "sleep", "idle_unload_s": 30})], {},
+     "services[a].replicas.idle_sleep_s", "less than idle_unload_s (30), got 60 (the default)"),
     ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": 0})], {}, "services[a].replicas.idle_unload_s",
      "must be 1..604800"),
     ([service("a", 0.3, {"min": 0, "max": 1, "idle_unload_s": "5m"})], {}, "services[a].replicas.idle_unload_s",

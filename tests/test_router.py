@@ -154,8 +154,16 @@ def test_an_image_part_without_a_type_counts_as_an_image(cases):
 
 
 # ---- idle: sleep (ray.serve.llm's broadcast to the replicas scripted: vLLM's sleep mode needs a GPU) --
+# A sleeping vLLM engine queues requests instead of refusing them (vllm/v1/engine/core.py): every case
+# where the router might send a request to a sleeping engine must wake it first.
+def test_a_router_that_just_started_wakes_a_sleep_model_before_its_first_request(cases):
+    """The router replica before it may have put the model to sleep; waking an awake engine changes
+    nothing (vllm/v1/executor/abstract.py: "Executor is not sleeping")."""
+    assert cases["first request for a"] == {"status": 200, "calls": [["control-a", "wakeup", {}]]}
+
+
 def test_an_idle_model_is_put_to_sleep_after_idle_sleep_s(cases):
-    """a (idle: sleep, idle_sleep_s 1) answered once, then idle: the router asked every replica of its
+    """a (idle: sleep, idle_sleep_s 1) answered, then idle: the router asked every replica of its
     deployment to sleep at level 1 (weights kept in host memory); /stats and /health say asleep."""
     case = cases["idle 1 s: a"]
     assert case["calls"] == [["control-a", "sleep", {"level": 1}]] and case["state"] == "asleep", case
@@ -170,15 +178,33 @@ def test_a_sleeping_model_keeps_its_slot_under_the_cap(cases):
 
 def test_a_sleeping_model_is_woken_before_its_request_goes_on(cases):
     assert cases["a again"] == {"status": 200, "calls": [["control-a", "wakeup", {}]]}
-    assert cases["stats after the wake"] == {"state": "loaded", "sleeps": 1, "wakes": 1, "requests": 2,
+    assert cases["stats after the wake"] == {"state": "loaded", "sleeps": 1, "wakes": 2, "requests": 2,
                                              "idle_sleep_s": 1.0}
 
 
-def test_a_model_with_a_request_in_flight_is_not_put_to_sleep(cases):
+def test_no_sleep_with_a_request_in_flight_or_while_a_model_loads(cases):
     assert cases["in flight for 60 s: a"] == {"calls": [], "asleep": []}
+    assert cases["b loading: a idle"] == {"calls": [], "asleep": []}
     assert cases["idle again: asleep"] == ["a"]
 
 
-def test_a_model_serve_unloaded_is_no_longer_asleep(cases):
+def test_a_model_serve_unloaded_loads_awake(cases):
     assert cases["after Serve unloaded a"] == "unloaded"
-    assert cases["asleep after the unload"] == [] and cases["calls after the unload"] == []
+    assert cases["a after the unload"] == {"status": 200, "calls": [], "asleep": [], "wake_first": []}
+
+
+def test_a_failed_sleep_or_wake_leaves_the_model_to_wake_before_its_next_request(cases):
+    failed = cases["failed sleep"]
+    assert failed["calls"] and all(c == ["control-a", "sleep", {"level": 1}] for c in failed["calls"]), failed
+    assert failed["asleep"] == [] and failed["wake_first"] == ["a"], failed
+    assert cases["after the failed sleep: a"] == {"status": 200, "calls": [["control-a", "wakeup", {}]]}
+    assert cases["failed wake: a"] == {"status": 200, "wake_first": ["a"]}
+
+
+def test_a_model_that_left_the_sleep_table_is_still_woken(cases):
+    assert cases["left the table: a"] == {"status": 200, "calls": [["control-a", "wakeup", {}]]}
+
+
+def test_a_deployment_without_a_running_replica_yet_is_not_broadcast_to(cases):
+    """ray.serve.llm's broadcast would wait 30 s for its replicas."""
+    assert cases["not populated: a"] == {"status": 200, "calls": [], "seconds": 0.0}

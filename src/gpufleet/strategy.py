@@ -243,8 +243,10 @@ def _replicas(raw, file, where) -> Replicas:
         if action == "sleep":
             sleep_s = _typed(raw.get("idle_sleep_s", DEFAULT_IDLE_SLEEP_S), int, file, f"{where}.idle_sleep_s")
             if not 1 <= sleep_s < idle:
+                given = "" if "idle_sleep_s" in raw else " (the default)"
                 _fail(file, f"{where}.idle_sleep_s", f"must be 1 second or more and less than idle_unload_s "
-                      f"({idle}), got {sleep_s}", f"for example {min(DEFAULT_IDLE_SLEEP_S, idle - 1)}")
+                      f"({idle}), got {sleep_s}{given}",
+                      f"for example {min(DEFAULT_IDLE_SLEEP_S, idle - 1)}" if idle > 1 else "raise idle_unload_s")
     return Replicas(low, high, initial, target, True, idle, action, sleep_s)
 
 
