@@ -119,23 +119,34 @@ def cap_router(module, models: list, max_loaded, wait_s: float):
     return router
 
 
+async def answering(self, **kwargs):
+    """ray.serve.llm's call of a model deployment, scripted: one chunk naming the model."""
+    yield f"answer from {kwargs['body'].model}"
+
+
+class ModelOnly:
+    """A request body with only a model name (what the router reads of it here)."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+async def chat_to_end(router, model: str):
+    """The guarded /v1/chat/completions endpoint; a stream is read to its end, as a client does."""
+    response = await router.chat(ModelOnly(model), request=None)
+    if hasattr(response, "body_iterator"):
+        async for _ in response.body_iterator:
+            pass
+    return response
+
+
 def run_cap_cases(module) -> dict:
     """The cap's cases, each through the guarded /v1/chat/completions endpoint (the 503 and its
     Retry-After header are the wrapper's)."""
 
-    async def parent(self, **kwargs):
-        yield f"answer from {kwargs['body'].model}"
-
-    class Body:
-        def __init__(self, model):
-            self.model = model
-
     async def chat(router, model):
         started = time.monotonic()
-        response = await router.chat(Body(model), request=None)
-        if hasattr(response, "body_iterator"):  # a stream: read it to its end, as a client does
-            async for _ in response.body_iterator:
-                pass
+        response = await chat_to_end(router, model)
         return {"status": response.status_code, "retry_after": response.headers.get("retry-after"),
                 "seconds": round(time.monotonic() - started, 1),
                 "body": json.loads(bytes(response.body)) if hasattr(response, "body") else None}
@@ -189,7 +200,7 @@ def run_cap_cases(module) -> dict:
         out["models"] = {card.id: card.metadata["gpufleet"]["state"] for card in listing.data}
         return out
 
-    return run_with_parent(parent, cases)
+    return run_with_parent(answering, cases)
 
 
 # The scripted embedding model: one dimension per marker word, counted in the text.
@@ -349,19 +360,8 @@ def run_sleep_cases(module) -> dict:
     module.broadcast = scripted_broadcast
     module.serve.get_deployment_handle = get_deployment_handle
 
-    async def parent(self, **kwargs):
-        yield f"answer from {kwargs['body'].model}"
-
-    class Body:
-        def __init__(self, model):
-            self.model = model
-
     async def chat(router, model):
-        response = await router.chat(Body(model), request=None)
-        if hasattr(response, "body_iterator"):
-            async for _ in response.body_iterator:
-                pass
-        return response.status_code
+        return (await chat_to_end(router, model)).status_code
 
     def table(models, sleep, cap, after):
         return {"models": {m: [{"app": f"app.{m}", "deployment": f"LLMServer:{m}", "weight": 1,
@@ -461,7 +461,7 @@ def run_sleep_cases(module) -> dict:
         calls.clear()
         return out
 
-    return run_with_parent(parent, cases)
+    return run_with_parent(answering, cases)
 
 
 def main() -> int:
