@@ -8,8 +8,9 @@ pip cache (PIP_NO_CACHE_DIR=1), its output timestamped; then the sandbox is remo
 each side's wall time, its phases (assets until `sandbox_up.yml`, the containers until `gpufleet
 apply`, the apply until the smoke test, the smoke test) and the ratio; --json for the figures.
 Machine-wide package settings (pip's configuration, /opt/wheels for the CPU torch) are the
-machine's and are kept. Needs the sandbox to itself (hold /work/sandbox.lock or the like); takes
-about 20 min. Sends nothing beyond the package registries and the sandbox containers.
+machine's and are kept. Each side's clone and cache are removed after it (its log is kept in the
+work folder). Needs the sandbox to itself (hold /work/sandbox.lock or the like); takes about 20 min.
+Sends nothing beyond the package registries and the sandbox containers.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def cold_demo(repo: Path, commit: str, work: Path) -> dict:
     (work / f"make-demo-{commit}.log").write_text("".join(f"{t:8.1f} {line}\n" for t, line in lines))
     if (clone / ".venv/bin/ansible-playbook").exists():
         sandbox_down(clone, {**env, "ANSIBLE_CONFIG": str(clone / "ansible.cfg")})
+    shutil.rmtree(clone, ignore_errors=True)  # 7 GB a side (the venv and the cache); the log stays
+    shutil.rmtree(cache, ignore_errors=True)
     if make.returncode != 0:
         raise SystemExit(f"make demo failed at {commit} (rc {make.returncode}): "
                          + "\n".join(line for _, line in lines[-30:]))
