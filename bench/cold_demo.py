@@ -53,8 +53,7 @@ def cold_demo(repo: Path, commit: str, work: Path) -> dict:
            if k not in ("PYTHONPATH", "ANSIBLE_CONFIG", "VIRTUAL_ENV", "GPUFLEET_TEST_TIMES")}
     env.update(GPUFLEET_CACHE=str(cache), PIP_NO_CACHE_DIR="1")
     if (repo / ".venv/bin/ansible-playbook").exists():  # a sandbox left by anyone: removed first
-        subprocess.run([str(repo / ".venv/bin/ansible-playbook"), "playbooks/sandbox_down.yml"], cwd=repo,
-                       capture_output=True)
+        sandbox_down(repo, dict(os.environ))
     remove_node_images()
     started = time.monotonic()
     lines = []
